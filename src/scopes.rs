@@ -1,0 +1,1 @@
+//! Which scopes to archive for a job, and the cc-metric-store queries that follow from them.
