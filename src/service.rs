@@ -1,0 +1,305 @@
+//! Assembly of the running service from a [`Config`]: the store, the queue, the metric source,
+//! the archive writer and the worker, for `serve` (HTTP API plus worker) and for `archive`
+//! (the same queue and worker in one process, until the queue is empty).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{self, AppState, Health};
+use crate::archive::fs::FsArchive;
+use crate::archive::ArchiveWriter;
+use crate::archiver::ArchiveSettings;
+use crate::commit::Durability;
+use crate::config::{Config, MetricSourceConfig};
+use crate::job::{JobMeta, JobState};
+use crate::metric_source::archive::ArchiveReplay;
+use crate::metric_source::cc_metric_store::CcMetricStore;
+use crate::metric_source::MetricSource;
+use crate::metrics::Metrics;
+use crate::queue::{JobQueue, SledQueue};
+use crate::store::{Enqueued, Store};
+use crate::worker::{Outcome, RunMode, Worker};
+
+/// The parts of a running service.
+pub struct Components {
+    pub queue: Arc<SledQueue>,
+    pub source: Arc<dyn MetricSource>,
+    pub writer: Arc<dyn ArchiveWriter>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Components {
+    /// Opens the store and the archive and builds the metric source. Fails when the store is
+    /// locked by another process or damaged, or the archive root cannot be used.
+    pub fn open(config: &Config) -> anyhow::Result<Components> {
+        if config.store.durability == Durability::OsBuffers {
+            tracing::warn!(
+                "store.durability = \"os\": triggers are acknowledged without a disk sync, so a \
+                 power loss can lose acknowledged jobs; use this for benchmarks only"
+            );
+        }
+        let store = Store::open(&config.store.path, config.store.cache_bytes)?;
+        let queue = Arc::new(SledQueue::new(Arc::new(store), config.store.durability));
+        let writer: Arc<dyn ArchiveWriter> = Arc::new(
+            FsArchive::open(&config.archive.path)
+                .with_context(|| format!("archive {}", config.archive.path.display()))?,
+        );
+        let source: Arc<dyn MetricSource> = match &config.metric_source {
+            MetricSourceConfig::Archive { path } => Arc::new(ArchiveReplay::new(path.clone())),
+            MetricSourceConfig::CcMetricStore { url, token_file, timeout } => {
+                let token = match token_file {
+                    Some(path) => Some(read_token(path)?),
+                    None => None,
+                };
+                Arc::new(
+                    CcMetricStore::new(url, token, *timeout)
+                        .map_err(|err| anyhow::format_err!("metric_source.url {url}: {err}"))?,
+                )
+            }
+        };
+        Ok(Components { queue, source, writer, metrics: Arc::new(Metrics::new()) })
+    }
+
+    fn worker(&self, config: &Config) -> Worker {
+        Worker {
+            queue: self.queue.clone(),
+            source: Arc::clone(&self.source),
+            writer: Arc::clone(&self.writer),
+            settings: ArchiveSettings {
+                core_scope_max_nodes: config.worker.core_scope_max_nodes,
+                resolution: config.worker.resolution,
+                compress_threshold_bytes: config.archive.compress_threshold_bytes,
+            },
+            metrics: Arc::clone(&self.metrics),
+            shutdown_timeout: config.worker.shutdown_timeout,
+        }
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("metric_source.token_file {}", path.display()))?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!("metric_source.token_file {}: the file is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Runs the HTTP API and the worker on `listener` until `shutdown` resolves, then stops in
+/// order: triggers get 503, the worker finishes or releases its job, the server drains, and
+/// the store is synced.
+pub async fn serve(
+    config: &Config,
+    components: Components,
+    listener: TcpListener,
+    shutdown: impl Future<Output = &'static str> + Send,
+) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    let queue: Arc<dyn JobQueue> = components.queue.clone();
+
+    let recovered = queue.recover().await.context("recovering jobs of the last run")?;
+    let stats = queue.stats()?;
+    tracing::info!(
+        recovered_archiving = recovered,
+        queued = stats.counts.queued,
+        failed = stats.counts.failed,
+        archived = stats.counts.archived,
+        "recovered the backlog"
+    );
+    health.set_ready();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = components.worker(config);
+    let worker_task = tokio::spawn(async move { worker.run(RunMode::UntilStopped, stop_rx, None).await });
+
+    let state = Arc::new(AppState {
+        queue: Arc::clone(&queue),
+        metrics: Arc::clone(&components.metrics),
+        health: Arc::clone(&health),
+    });
+    let app = api::router(state, api::DEFAULT_BODY_LIMIT);
+    let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!("ready");
+
+    let signal = shutdown.await;
+    tracing::info!(signal, "shutting down: new triggers get 503, the current job may finish");
+    health.set_shutting_down();
+    let _ = stop_tx.send(true);
+    match worker_task.await {
+        Ok(Ok(())) => (),
+        Ok(Err(err)) => tracing::error!(error = %err, "the worker stopped on a store error"),
+        Err(err) => tracing::error!(error = %err, "the worker task failed"),
+    }
+    let _ = server_stop_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => (),
+        Ok(Err(err)) => tracing::error!(error = %err, "the HTTP server failed"),
+        Err(err) => tracing::error!(error = %err, "the HTTP server task failed"),
+    }
+
+    let store = Arc::clone(components.queue.store());
+    tokio::task::spawn_blocking(move || store.sync()).await??;
+    let stats = queue.stats()?;
+    tracing::info!(
+        queued = stats.counts.queued,
+        failed = stats.counts.failed,
+        "stopped; {} jobs remain queued",
+        stats.counts.queued
+    );
+    Ok(())
+}
+
+/// Result of the `archive` command, per job and in total.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// Files or jobs that could not be queued, with the reason.
+    pub rejected: Vec<(PathBuf, String)>,
+    /// Jobs of the given files that were archived earlier and left as they were.
+    pub already_archived: Vec<String>,
+    pub archived: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    /// Jobs still queued because the run was stopped.
+    pub left_queued: u64,
+}
+
+/// One loaded job file.
+pub struct JobFile {
+    pub path: PathBuf,
+    pub jobs: Result<Vec<JobMeta>, String>,
+}
+
+/// Reads job files: each argument is a `.json` file or a folder searched recursively for them,
+/// in name order. Each file holds one job object or an array of jobs.
+pub fn read_job_files(paths: &[PathBuf]) -> anyhow::Result<Vec<JobFile>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let metadata =
+            std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        if metadata.is_dir() {
+            collect_json_files(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files
+        .into_iter()
+        .map(|path| {
+            let jobs = std::fs::read(&path)
+                .map_err(|err| format!("cannot read: {err}"))
+                .and_then(|bytes| {
+                    api::parse_trigger_body(&bytes)
+                        .map(|(jobs, _)| jobs)
+                        .map_err(|(_, err)| err.message().to_owned())
+                });
+            JobFile { path, jobs }
+        })
+        .collect())
+}
+
+fn collect_json_files(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: cannot list", dir.display()))?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            collect_json_files(&entry, files)?;
+        } else if entry.extension().is_some_and(|ext| ext == "json") {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// Queues the jobs of `files` and archives until the queue is empty or `shutdown` resolves.
+/// Jobs queued by an earlier, interrupted run are archived as well. Each outcome is passed to
+/// `on_outcome` as it happens.
+pub async fn archive_batch(
+    config: &Config,
+    components: Components,
+    files: Vec<JobFile>,
+    shutdown: impl Future<Output = &'static str> + Send,
+    mut on_outcome: impl FnMut(&Outcome),
+) -> anyhow::Result<BatchReport> {
+    let queue: Arc<dyn JobQueue> = components.queue.clone();
+    let mut report = BatchReport::default();
+    let recovered = queue.recover().await.context("recovering jobs of the last run")?;
+    if recovered > 0 {
+        tracing::info!(recovered, "resuming jobs that were being archived when the last run stopped");
+    }
+
+    for file in files {
+        let jobs = match file.jobs {
+            Ok(jobs) => jobs,
+            Err(reason) => {
+                report.rejected.push((file.path, reason));
+                continue;
+            }
+        };
+        match queue.enqueue(&jobs).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.iter().zip(outcomes) {
+                    if outcome == Enqueued::Existing(JobState::Archived) {
+                        report.already_archived.push(job.id.to_string());
+                    }
+                }
+            }
+            Err(err) if err.is_client_error() => report.rejected.push((file.path, err.to_string())),
+            Err(err) => return Err(err.into()),
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel();
+    let worker = components.worker(config);
+    let mut worker_task =
+        tokio::spawn(async move { worker.run(RunMode::UntilEmpty, stop_rx, Some(outcome_tx)).await });
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            Some(outcome) = outcome_rx.recv() => {
+                on_outcome(&outcome);
+                match outcome {
+                    Outcome::Archived { key, .. } => report.archived.push(key),
+                    Outcome::Failed { key, failure } => report.failed.push((key, failure.to_string())),
+                }
+            }
+            signal = &mut shutdown, if !stopping => {
+                tracing::info!(signal, "stopping: the current job may finish, the rest stays queued");
+                stopping = true;
+                let _ = stop_tx.send(true);
+            }
+            joined = &mut worker_task => {
+                while let Ok(outcome) = outcome_rx.try_recv() {
+                    on_outcome(&outcome);
+                    match outcome {
+                        Outcome::Archived { key, .. } => report.archived.push(key),
+                        Outcome::Failed { key, failure } => report.failed.push((key, failure.to_string())),
+                    }
+                }
+                joined.context("the worker task failed")??;
+                break;
+            }
+        }
+    }
+    let store = Arc::clone(components.queue.store());
+    tokio::task::spawn_blocking(move || store.sync()).await??;
+    report.left_queued = queue.stats()?.counts.queued;
+    Ok(report)
+}

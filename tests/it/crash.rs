@@ -1,0 +1,493 @@
+//! Crash safety of the real binary: SIGKILL at random moments while clients send triggers and
+//! the worker archives, then a restart on the same store and archive. Every acknowledged job
+//! must end archived exactly once, and the archive must hold nothing for jobs never sent.
+//!
+//! `JOB_ARCHIVER_CRASH_ROUNDS` sets the number of kill rounds (default 5), and
+//! `JOB_ARCHIVER_CRASH_SEED` replays the kill delays and trigger sizes of an earlier run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::support::{self, ServerProcess, TestDirs};
+
+/// `startTime` of every synthetic job, as set by [`support::synthetic_job`].
+const SYNTHETIC_START_TIME: i64 = 1_675_954_353;
+
+/// First `jobId` of the synthetic jobs; round `r` uses the next [`JOBS_PER_ROUND`] ids after
+/// `FIRST_JOB_ID + r * JOBS_PER_ROUND`.
+const FIRST_JOB_ID: i64 = 500_000;
+
+/// Most jobs the clients send in one round. Each fritz job takes about 40 ms to archive in a
+/// debug build, so the default 5 rounds stay well below a minute of worker time.
+const JOBS_PER_ROUND: i64 = 60;
+
+/// Concurrent trigger clients per round.
+const CLIENTS: usize = 4;
+
+/// Most jobs in one trigger body.
+const MAX_BATCH: usize = 4;
+
+/// How long the service may take to archive the remaining backlog after the last restart.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(45);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_lose_no_job() {
+    let rounds = env_number("JOB_ARCHIVER_CRASH_ROUNDS").unwrap_or(5);
+    let seed = env_number("JOB_ARCHIVER_CRASH_SEED").unwrap_or_else(rand::random);
+    println!("crash test: seed {seed}, {rounds} rounds; rerun with JOB_ARCHIVER_CRASH_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let dirs = TestDirs::new();
+    let source = ReplaySource::create(&dirs.root.path().join("replay-source"));
+    let extra = format!("[metric_source]\nkind = \"archive\"\npath = \"{}\"\n", source.root.display());
+    let config = dirs.write_config_file("127.0.0.1:0", &extra);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let client = http_client();
+
+    let mut server = start_process(&config, dirs.root.path(), "crash-start");
+    for round in 0..rounds {
+        let first = FIRST_JOB_ID + round as i64 * JOBS_PER_ROUND;
+        for job_id in first..first + JOBS_PER_ROUND {
+            source.add_job(job_id);
+        }
+        let pool = Arc::new(IdPool::new(first, first + JOBS_PER_ROUND));
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            let sender = TriggerSender {
+                client: client.clone(),
+                url: server.url.clone(),
+                pool: Arc::clone(&pool),
+                ledger: Arc::clone(&ledger),
+                rng: StdRng::seed_from_u64(rng.random()),
+            };
+            clients.push(tokio::spawn(sender.run()));
+        }
+
+        let delay = Duration::from_millis(rng.random_range(20..=400));
+        tokio::time::sleep(delay).await;
+        tokio::task::block_in_place(|| server.kill());
+        for task in clients {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("trigger client stopped within 30 s of the kill")
+                .expect("trigger client task joined");
+        }
+        server = start_process(&config, dirs.root.path(), &format!("crash-round-{round}"));
+    }
+
+    // The backlog left by the last kill is archived by the last process.
+    let drained = support::wait_until(DRAIN_TIMEOUT, || async {
+        match get_json(&client, &format!("{}/api/queue", server.url)).await {
+            Some((200, body)) => body["queued"] == 0 && body["archiving"] == 0,
+            _ => false,
+        }
+    })
+    .await;
+    assert!(drained, "queue not drained within {DRAIN_TIMEOUT:?}; log:\n{}", server.log());
+
+    let ledger = ledger.lock().expect("no client panicked while holding the ledger").clone();
+    let states = job_states(&client, &server.url, &ledger.acknowledged).await;
+    let archive = ArchiveListing::read(&dirs.archive.join("fritz"));
+    let report = CrashReport::new(&ledger, &states, &archive);
+    println!(
+        "crash test: seed {seed}, rounds {rounds}, sent {}, acknowledged {}, unanswered {}, \
+         archived {}, lost {}, duplicated {}, stuck {}, failed {}",
+        ledger.sent.len(),
+        ledger.acknowledged.len(),
+        ledger.sent.len() - ledger.acknowledged.len(),
+        report.archived.len(),
+        report.lost.len(),
+        report.duplicated.len(),
+        report.stuck.len(),
+        report.failed.len(),
+    );
+
+    assert!(ledger.unexpected.is_empty(), "unexpected trigger replies: {:?}", ledger.unexpected);
+    assert!(!ledger.acknowledged.is_empty(), "no trigger was acknowledged in {rounds} rounds");
+    assert!(report.lost.is_empty(), "acknowledged jobs lost (id, state): {:?}", report.lost);
+    assert!(report.stuck.is_empty(), "jobs stuck after the drain (id, state): {:?}", report.stuck);
+    assert!(report.failed.is_empty(), "acknowledged jobs failed: {:?}", report.failed);
+    assert!(
+        report.duplicated.is_empty(),
+        "archived jobs with more than one folder (id, entries): {:?}",
+        report.duplicated
+    );
+    assert!(
+        report.incomplete.is_empty(),
+        "archived job folders without meta.json and exactly one data file (id, files): {:?}",
+        report.incomplete
+    );
+    assert!(
+        archive.leftovers.is_empty(),
+        "temporary folders left in the archive: {:?}",
+        archive.leftovers
+    );
+    let never_sent: Vec<i64> =
+        archive.folders.keys().filter(|id| !ledger.sent.contains(id)).copied().collect();
+    assert!(never_sent.is_empty(), "archive folders of jobs never sent: {never_sent:?}");
+
+    // The store's counts must match the archive: an archived job without a folder, or a folder
+    // without an archived job, means a state change got out of step with the write.
+    let (status, queue) = get_json(&client, &format!("{}/api/queue", server.url))
+        .await
+        .expect("GET /api/queue after the drain");
+    assert_eq!(status, 200, "status of GET /api/queue: {queue}");
+    assert_eq!(queue["failed"], 0, "failed jobs in the store: {queue}");
+    assert_eq!(
+        queue["archived"],
+        archive.folders.len(),
+        "archived count of the store against job folders in the archive: {queue}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_while_archiving_counts_attempt() {
+    let dirs = TestDirs::new();
+    let config = dirs.write_config_file("127.0.0.1:0", "");
+    let client = http_client();
+    let mut server = start_process(&config, dirs.root.path(), "kill-while-archiving");
+    let id = "emmy/1403244/1608923076";
+
+    let (status, reply) = post_json(&client, &server.url, &support::example_job("emmy-1403244"))
+        .await
+        .expect("trigger of the emmy job answered");
+    assert_eq!(status, 202, "status of the emmy trigger: {reply}");
+
+    // The emmy job takes over a second to archive, so polling every 10 ms sees it archiving.
+    let mut seen = Value::Null;
+    for _ in 0..3000 {
+        seen = job_status(&client, &server.url, id).await;
+        if seen["state"] != "queued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen["state"], "archiving", "state of the emmy job before the kill: {seen}");
+    tokio::task::block_in_place(|| server.kill());
+
+    let server = start_process(&config, dirs.root.path(), "kill-while-archiving-restart");
+    let archived = wait_for_state(&client, &server.url, id, "archived", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|last| panic!("emmy job not archived after restart; last {last}"));
+    let attempts = archived["attempts"].as_u64().expect("attempts is a number");
+    assert!(attempts >= 2, "attempts of the emmy job, killed once while archiving: {archived}");
+    assert_eq!(archived["error"], Value::Null, "error of the archived emmy job: {archived}");
+
+    let parent = dirs.archive.join("emmy/1403/244");
+    assert_eq!(entry_names(&parent), ["1608923076"], "entries in {}", parent.display());
+    let files = entry_names(&parent.join("1608923076"));
+    assert!(is_complete_job_folder(&files), "files of the emmy job folder: {files:?}");
+}
+
+/// Replies of every client, over all rounds.
+#[derive(Debug, Default, Clone)]
+struct Ledger {
+    /// Jobs that were in a trigger body that was sent, whether or not a reply came.
+    sent: BTreeSet<i64>,
+    /// Jobs whose trigger got 202 (or 200).
+    acknowledged: BTreeSet<i64>,
+    /// Replies other than 202, as (status, body). Ids are unique, so 200 is unexpected too.
+    unexpected: Vec<(u16, String)>,
+}
+
+/// Job ids a round may send: `next..end`, handed out to the clients in order.
+struct IdPool {
+    next: AtomicI64,
+    end: i64,
+}
+
+impl IdPool {
+    fn new(first: i64, end: i64) -> IdPool {
+        IdPool { next: AtomicI64::new(first), end }
+    }
+
+    /// Takes up to `count` unused ids; none once the pool is used up.
+    fn take(&self, count: usize) -> Vec<i64> {
+        let first = self.next.fetch_add(count as i64, Ordering::SeqCst);
+        (first..(first + count as i64).min(self.end)).collect()
+    }
+}
+
+/// One client of a round: sends triggers until the pool is used up or the server is gone.
+struct TriggerSender {
+    client: reqwest::Client,
+    url: String,
+    pool: Arc<IdPool>,
+    ledger: Arc<Mutex<Ledger>>,
+    rng: StdRng,
+}
+
+impl TriggerSender {
+    async fn run(mut self) {
+        loop {
+            let size = self.rng.random_range(1..=MAX_BATCH);
+            let ids = self.pool.take(size);
+            if ids.is_empty() {
+                return;
+            }
+            let jobs: Vec<Value> = ids.iter().map(|id| support::synthetic_job(*id)).collect();
+            // A single job goes out as an object or as a one-element array.
+            let body = match jobs.len() == 1 && self.rng.random_bool(0.5) {
+                true => jobs[0].clone(),
+                false => Value::Array(jobs),
+            };
+            self.lock_ledger().sent.extend(&ids);
+
+            let request = self.client.post(format!("{}/api/jobs/archive", self.url)).json(&body);
+            let Ok(response) = request.send().await else {
+                // The server was killed before it replied.
+                return;
+            };
+            // The status line is the acknowledgment; the body may be cut off by the kill.
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            {
+                let mut ledger = self.lock_ledger();
+                if matches!(status, 200 | 202) {
+                    ledger.acknowledged.extend(&ids);
+                }
+                if status != 202 {
+                    ledger.unexpected.push((status, text));
+                }
+            }
+
+            // Pauses spread a round's jobs over about the longest kill delay, so a kill often
+            // lands while a trigger is in flight.
+            let pause = Duration::from_millis(self.rng.random_range(0..100));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("no client panicked while holding the ledger")
+    }
+}
+
+/// A job-archive to replay metric data from: the fritz `cluster.json` and, per synthetic job,
+/// a hard link to the fritz example `data.json`.
+struct ReplaySource {
+    root: PathBuf,
+    /// The example `data.json`, copied once; job folders link to it.
+    template: PathBuf,
+}
+
+impl ReplaySource {
+    fn create(root: &Path) -> ReplaySource {
+        let fritz = root.join("fritz");
+        std::fs::create_dir_all(&fritz).expect("creating the replay source folder");
+        let examples = support::repo_path("examples/archive/fritz");
+        std::fs::copy(examples.join("cluster.json"), fritz.join("cluster.json"))
+            .expect("copying the fritz cluster.json");
+        let template = root.join("fritz-data.json");
+        std::fs::copy(examples.join("398/764/1675954353/data.json"), &template)
+            .expect("copying the fritz example data.json");
+        std::fs::write(root.join("version.txt"), "3\n").expect("writing version.txt");
+        ReplaySource { root: root.to_path_buf(), template }
+    }
+
+    /// Adds the data of the synthetic fritz job `job_id`.
+    fn add_job(&self, job_id: i64) {
+        let dir = self.root.join(format!(
+            "fritz/{}/{:03}/{SYNTHETIC_START_TIME}",
+            job_id / 1000,
+            job_id % 1000
+        ));
+        std::fs::create_dir_all(&dir).expect("creating a replay job folder");
+        let target = dir.join("data.json");
+        if std::fs::hard_link(&self.template, &target).is_err() {
+            std::fs::copy(&self.template, &target).expect("copying data.json into the replay source");
+        }
+    }
+}
+
+/// The job folders of one cluster in the archive, keyed by `jobId`.
+#[derive(Debug, Default)]
+struct ArchiveListing {
+    /// Every `{jobId/1000}/{jobId%1000:03}` folder's entries, keyed by `jobId`.
+    parents: BTreeMap<i64, Vec<String>>,
+    /// Files of each final job folder `{startTime}`, keyed by `jobId`.
+    folders: BTreeMap<i64, Vec<String>>,
+    /// Paths of names starting with `.` anywhere below the cluster folder.
+    leftovers: Vec<PathBuf>,
+}
+
+impl ArchiveListing {
+    /// Lists `{cluster_dir}/{jobId/1000}/{jobId%1000:03}/{startTime}`.
+    fn read(cluster_dir: &Path) -> ArchiveListing {
+        let mut listing = ArchiveListing::default();
+        for thousands in entry_names(cluster_dir) {
+            let thousands_dir = cluster_dir.join(&thousands);
+            if thousands.starts_with('.') {
+                listing.leftovers.push(thousands_dir);
+                continue;
+            }
+            if !thousands_dir.is_dir() {
+                continue; // cluster.json
+            }
+            for rest in entry_names(&thousands_dir) {
+                let parent = thousands_dir.join(&rest);
+                let job_id = format!("{thousands}{rest}").parse::<i64>().unwrap_or_else(|_| {
+                    panic!("unexpected folder in the archive: {}", parent.display())
+                });
+                let entries = entry_names(&parent);
+                for name in &entries {
+                    if name.starts_with('.') {
+                        listing.leftovers.push(parent.join(name));
+                    } else {
+                        listing.folders.insert(job_id, entry_names(&parent.join(name)));
+                    }
+                }
+                listing.parents.insert(job_id, entries);
+            }
+        }
+        listing
+    }
+}
+
+/// What the checks after the drain found, as lists of offending jobs.
+#[derive(Debug, Default)]
+struct CrashReport {
+    archived: Vec<i64>,
+    /// Acknowledged jobs that are unknown to the store, or archived without a job folder.
+    lost: Vec<(i64, String)>,
+    /// Archived jobs with more than one entry in their parent folder.
+    duplicated: Vec<(i64, Vec<String>)>,
+    /// Acknowledged jobs still `queued` or `archiving`.
+    stuck: Vec<(i64, String)>,
+    failed: Vec<(i64, String)>,
+    /// Archived job folders without `meta.json` and exactly one data file.
+    incomplete: Vec<(i64, Vec<String>)>,
+}
+
+impl CrashReport {
+    fn new(ledger: &Ledger, states: &BTreeMap<i64, Value>, archive: &ArchiveListing) -> CrashReport {
+        let mut report = CrashReport::default();
+        for id in &ledger.acknowledged {
+            let status = &states[id];
+            match status["state"].as_str() {
+                Some("archived") => match archive.folders.get(id) {
+                    Some(files) => {
+                        report.archived.push(*id);
+                        if !is_complete_job_folder(files) {
+                            report.incomplete.push((*id, files.clone()));
+                        }
+                    }
+                    None => report.lost.push((*id, "archived without a folder".to_owned())),
+                },
+                Some(state @ ("queued" | "archiving")) => report.stuck.push((*id, state.to_owned())),
+                Some("failed") => report.failed.push((*id, status["error"].to_string())),
+                _ => report.lost.push((*id, status.to_string())),
+            }
+            if let Some(entries) = archive.parents.get(id).filter(|entries| entries.len() > 1) {
+                report.duplicated.push((*id, entries.clone()));
+            }
+        }
+        report
+    }
+}
+
+/// Returns true if and only if `files` has `meta.json` and exactly one of `data.json` and
+/// `data.json.gz`.
+fn is_complete_job_folder(files: &[String]) -> bool {
+    let has = |name: &str| files.iter().any(|file| file == name);
+    has("meta.json") && (has("data.json") != has("data.json.gz"))
+}
+
+/// Reads the state of every job in `ids` through `GET /api/jobs/{id}`.
+async fn job_states(
+    client: &reqwest::Client,
+    url: &str,
+    ids: &BTreeSet<i64>,
+) -> BTreeMap<i64, Value> {
+    let mut states = BTreeMap::new();
+    for id in ids {
+        let key = format!("fritz/{id}/{SYNTHETIC_START_TIME}");
+        states.insert(*id, job_status(client, url, &key).await);
+    }
+    states
+}
+
+/// Returns the body of `GET /api/jobs/{id}`, or `{"httpStatus": <code>, ...}` for a non-200
+/// reply.
+async fn job_status(client: &reqwest::Client, url: &str, id: &str) -> Value {
+    match get_json(client, &format!("{url}/api/jobs/{id}")).await {
+        Some((200, body)) => body,
+        Some((status, body)) => serde_json::json!({ "httpStatus": status, "body": body }),
+        None => serde_json::json!({ "httpStatus": null }),
+    }
+}
+
+/// Polls the job every 50 ms until it reaches `state`; returns the last status on a timeout.
+async fn wait_for_state(
+    client: &reqwest::Client,
+    url: &str,
+    id: &str,
+    state: &str,
+    timeout: Duration,
+) -> Result<Value, Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = job_status(client, url, id).await;
+        if status["state"] == state {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("building the HTTP client")
+}
+
+/// Sends `GET url`; returns the status and the body as JSON (or as a string), or `None` when
+/// no reply came.
+async fn get_json(client: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    let text = response.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+/// Posts a trigger body; returns the status and the body, or `None` when no reply came.
+async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> Option<(u16, Value)> {
+    let response = client.post(format!("{url}/api/jobs/archive")).json(body).send().await.ok()?;
+    let status = response.status().as_u16();
+    let text = response.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+/// Starts the binary without blocking the other tasks of the test's runtime.
+fn start_process(config: &Path, log_dir: &Path, name: &str) -> ServerProcess {
+    tokio::task::block_in_place(|| ServerProcess::start(config, log_dir, name))
+}
+
+/// Names in a folder, sorted; empty when the folder does not exist.
+fn entry_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|entry| entry.expect("readable folder entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let text = std::env::var(name).ok()?;
+    let value = text.parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a number"));
+    Some(value)
+}
