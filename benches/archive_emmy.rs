@@ -1,6 +1,6 @@
 //! Benchmarks archiving the 32-node emmy example job (9 metrics x 32 nodes x 1441 samples,
-//! about 13 MB of `data.json`): statistics, `data.json` encoding, gzip, and the whole encode and
-//! atomic write into a temporary job-archive.
+//! about 2.6 MB of compact `data.json`): statistics, `data.json` encoding and parsing, gzip, and
+//! the whole encode and atomic write into a temporary job-archive.
 //!
 //! Run with `cargo bench --bench archive_emmy`.
 

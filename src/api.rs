@@ -152,14 +152,22 @@ async fn trigger(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         err
     };
     if state.health.is_shutting_down() {
-        let err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down; send the job again later");
+        let err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down; send the job again later",
+        );
         return Err(reject(RejectReason::ShuttingDown, err));
     }
-    let (jobs, is_batch) = parse_trigger_body(&body).map_err(|(reason, err)| reject(reason, err))?;
+    let (jobs, is_batch) =
+        parse_trigger_body(&body).map_err(|(reason, err)| reject(reason, err))?;
     let outcomes = match state.queue.enqueue(&jobs).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            let reason = if err.is_client_error() { RejectReason::TooLarge } else { RejectReason::StoreError };
+            let reason = if err.is_client_error() {
+                RejectReason::TooLarge
+            } else {
+                RejectReason::StoreError
+            };
             return Err(reject(reason, ApiError::from(err)));
         }
     };
@@ -199,7 +207,8 @@ pub fn parse_trigger_body(body: &[u8]) -> Result<(Vec<JobMeta>, bool), (RejectRe
         let message = format!("body: invalid JSON: {err}; send one job object or an array of them");
         (RejectReason::InvalidJson, ApiError::bad_request(message))
     })?;
-    let invalid = |err: InvalidJob| (RejectReason::InvalidJob, ApiError::bad_request(err.to_string()));
+    let invalid =
+        |err: InvalidJob| (RejectReason::InvalidJob, ApiError::bad_request(err.to_string()));
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -288,7 +297,8 @@ async fn retry_job(
     let record = state.queue.retry(&id).await?;
     state.metrics.retries.inc();
     tracing::warn!(id = %id, "failed job queued again by request");
-    Ok((StatusCode::ACCEPTED, Json(JobStatus::from_record(&id.to_string(), &record))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(JobStatus::from_record(&id.to_string(), &record)))
+        .into_response())
 }
 
 async fn retry_all(

@@ -40,8 +40,15 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 7] =
-        [Step::Metadata, Step::Cluster, Step::Load, Step::Encode, Step::Write, Step::Timeout, Step::Internal];
+    pub const ALL: [Step; 7] = [
+        Step::Metadata,
+        Step::Cluster,
+        Step::Load,
+        Step::Encode,
+        Step::Write,
+        Step::Timeout,
+        Step::Internal,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -140,7 +147,9 @@ pub async fn archive_job(
         format::encode_job_files(&job_for_encode, &data, &statistics, threshold)
     })
     .await
-    .map_err(|err| ArchiveFailure::new(Step::Encode, format!("encoding task failed: {err}"), false))?;
+    .map_err(|err| {
+        ArchiveFailure::new(Step::Encode, format!("encoding task failed: {err}"), false)
+    })?;
     tracing::debug!(
         elapsed = ?step_start.elapsed(),
         data_bytes = files.data.len(),
@@ -153,21 +162,29 @@ pub async fn archive_job(
     let id = job.id.clone();
     let written = tokio::task::spawn_blocking(move || writer_for_write.write_job(&id, &files))
         .await
-        .map_err(|err| ArchiveFailure::new(Step::Write, format!("write task failed: {err}"), false))?
+        .map_err(|err| {
+            ArchiveFailure::new(Step::Write, format!("write task failed: {err}"), false)
+        })?
         .map_err(|err| ArchiveFailure::new(Step::Write, err.to_string(), err.is_transient()))?;
     tracing::debug!(elapsed = ?step_start.elapsed(), path = %written.path.display(), "wrote job folder");
 
     Ok(ArchivedJob { written, partial_errors: loaded.partial_errors })
 }
 
-async fn read_cluster(job: &JobMeta, writer: &Arc<dyn ArchiveWriter>) -> Result<Cluster, ArchiveFailure> {
+async fn read_cluster(
+    job: &JobMeta,
+    writer: &Arc<dyn ArchiveWriter>,
+) -> Result<Cluster, ArchiveFailure> {
     let writer = Arc::clone(writer);
     let cluster_name = job.id.cluster().to_owned();
     let bytes = tokio::task::spawn_blocking(move || writer.read_cluster_config(&cluster_name))
         .await
-        .map_err(|err| ArchiveFailure::new(Step::Cluster, format!("read task failed: {err}"), false))?
         .map_err(|err| {
-            let transient = !matches!(err, ArchiveError::UnknownCluster { .. }) && err.is_transient();
+            ArchiveFailure::new(Step::Cluster, format!("read task failed: {err}"), false)
+        })?
+        .map_err(|err| {
+            let transient =
+                !matches!(err, ArchiveError::UnknownCluster { .. }) && err.is_transient();
             ArchiveFailure::new(Step::Cluster, err.to_string(), transient)
         })?;
     Cluster::from_json(&bytes).map_err(|err| {

@@ -84,7 +84,10 @@ pub enum Command {
 impl Cli {
     /// Loads the configuration with this command line's overrides. The environment is read
     /// through `env`.
-    pub fn load_config(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, config::ConfigError> {
+    pub fn load_config(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, config::ConfigError> {
         let default_file = Path::new("config.toml");
         let file = match &self.config {
             Some(path) => Some(path.as_path()),

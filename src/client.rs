@@ -24,12 +24,15 @@ async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response>
         return Ok(response);
     }
     let body = response.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<ErrorReply>(&body).map(|reply| reply.error).unwrap_or(body);
+    let message =
+        serde_json::from_str::<ErrorReply>(&body).map(|reply| reply.error).unwrap_or(body);
     anyhow::bail!("server replied {status}: {message}")
 }
 
 fn connect_error(url: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '_ {
-    move |err| anyhow::format_err!("{url}: request failed: {err}; is `job-archiver serve` running there?")
+    move |err| {
+        anyhow::format_err!("{url}: request failed: {err}; is `job-archiver serve` running there?")
+    }
 }
 
 /// Posts each job file to the server and prints each job's id and state. Exits non-zero if
@@ -43,7 +46,8 @@ pub async fn trigger(server: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode
     }
     let (mut accepted, mut existing, mut rejected) = (0usize, 0usize, 0usize);
     for path in files {
-        let body = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let body =
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let response = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -96,7 +100,10 @@ pub async fn status(server: &str, id: Option<&str>) -> anyhow::Result<ExitCode> 
     println!("archived   {}", queue.archived);
     println!("failed     {}", queue.failed);
     match queue.oldest_queued_age_seconds {
-        Some(age) => println!("oldest queued job waits {}", humantime::format_duration(Duration::from_secs(age as u64))),
+        Some(age) => println!(
+            "oldest queued job waits {}",
+            humantime::format_duration(Duration::from_secs(age as u64))
+        ),
         None => println!("queue is empty"),
     }
     if queue.failed > 0 {

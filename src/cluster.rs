@@ -611,10 +611,11 @@ mod tests {
 
     #[test]
     fn hostlist_matching_is_not_exponential() {
-        let expr = "n".to_owned() + &"[1-9,10-99,100-999]".repeat(5_000);
-        let hostname = "n".to_owned() + &"1".repeat(10_000) + "x";
+        // With backtracking, a mismatch at the end would try about 3^60 splits of the digits.
+        let expr = "n".to_owned() + &"[1-9,10-99,100-999]".repeat(60);
+        let hostname = "n".to_owned() + &"1".repeat(120) + "x";
         assert!(!nodes_match(&expr, &hostname));
-        assert!(nodes_match(&expr, &("n".to_owned() + &"1".repeat(10_000))));
+        assert!(nodes_match(&expr, &("n".to_owned() + &"1".repeat(120))));
     }
 
     #[test]

@@ -106,7 +106,12 @@ impl Drop for GroupCommit {
     }
 }
 
-fn run_syncs(shared: &Shared, store: &Store, durability: Durability, done: &watch::Sender<Progress>) {
+fn run_syncs(
+    shared: &Shared,
+    store: &Store,
+    durability: Durability,
+    done: &watch::Sender<Progress>,
+) {
     loop {
         let number = {
             let mut state = shared.state.lock().expect("sync state lock poisoned");

@@ -313,7 +313,8 @@ fn merge_file(text: &str, path: &Path, values: &mut Values, problems: &mut Vec<S
 }
 
 fn parse_toml_value(text: &str) -> Result<toml::Value, String> {
-    let table: toml::Table = format!("v = {text}").parse().map_err(|err: toml::de::Error| err.message().to_owned())?;
+    let table: toml::Table =
+        format!("v = {text}").parse().map_err(|err: toml::de::Error| err.message().to_owned())?;
     table.get("v").cloned().ok_or_else(|| "no value".to_owned())
 }
 
@@ -404,7 +405,8 @@ impl Reader<'_> {
                 Duration::from_secs(1)
             }
             Err(err) => {
-                let message = format!("{text:?} is not a duration ({err}); write for example \"30s\"");
+                let message =
+                    format!("{text:?} is not a duration ({err}); write for example \"30s\"");
                 self.problem(section, key, message);
                 Duration::from_secs(1)
             }
@@ -436,7 +438,8 @@ fn validate(values: &Values, base_dir: &Path, problems: &mut Vec<String>) -> Opt
     let listen = match listen_text.parse::<SocketAddr>() {
         Ok(addr) => addr,
         Err(_) => {
-            let message = format!("{listen_text:?} is not an address; write for example \"127.0.0.1:8080\"");
+            let message =
+                format!("{listen_text:?} is not an address; write for example \"127.0.0.1:8080\"");
             read.problem("server", "listen", message);
             SocketAddr::from(([127, 0, 0, 1], 8080))
         }
@@ -534,8 +537,11 @@ mod tests {
     fn flag_beats_env_beats_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
-        std::fs::write(&file, "[worker]\ncore_scope_max_nodes = 2\nresolution = 60\n[store]\npath = \"s\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "[worker]\ncore_scope_max_nodes = 2\nresolution = 60\n[store]\npath = \"s\"\n",
+        )
+        .unwrap();
         let env = |name: &str| match name {
             "JOB_ARCHIVER_WORKER_CORE_SCOPE_MAX_NODES" => Some("3".to_owned()),
             "JOB_ARCHIVER_WORKER_RESOLUTION" => Some("120".to_owned()),
@@ -558,11 +564,18 @@ mod tests {
              [metric_source]\nkind = \"magic\"\n",
         )
         .unwrap();
-        let env = |name: &str| (name == "JOB_ARCHIVER_STORE_CACHE_BYTES").then(|| "lots".to_owned());
+        let env =
+            |name: &str| (name == "JOB_ARCHIVER_STORE_CACHE_BYTES").then(|| "lots".to_owned());
         let err = load(&Sources { file: Some(&file), env: &env, flags: &[] }).unwrap_err();
         let ConfigError::Invalid(problems) = err else { panic!("expected Invalid, got {err}") };
         let text = problems.join("\n");
-        for needle in ["server.bogus", "server.listen", "shutdown_timeout", "metric_source.kind", "JOB_ARCHIVER_STORE_CACHE_BYTES"] {
+        for needle in [
+            "server.bogus",
+            "server.listen",
+            "shutdown_timeout",
+            "metric_source.kind",
+            "JOB_ARCHIVER_STORE_CACHE_BYTES",
+        ] {
             assert!(text.contains(needle), "problem list lacks {needle}:\n{text}");
         }
     }
@@ -579,7 +592,8 @@ mod tests {
             let default = parse_toml_value(spec.default).unwrap();
             assert_eq!(value, &default, "config.toml value of {}.{}", spec.section, spec.key);
         }
-        let keys: usize = table.values().filter_map(|section| section.as_table()).map(|t| t.len()).sum();
+        let keys: usize =
+            table.values().filter_map(|section| section.as_table()).map(|t| t.len()).sum();
         assert_eq!(keys, KEYS.len(), "config.toml has keys that KEYS does not declare");
     }
 }

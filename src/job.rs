@@ -185,11 +185,17 @@ impl JobMeta {
 
         let num_nodes = required_int(&raw, "numNodes")?;
         if num_nodes < 1 || num_nodes > i64::from(u32::MAX) {
-            return Err(InvalidJob::new("numNodes", format!("must be at least 1, got {num_nodes}")));
+            return Err(InvalidJob::new(
+                "numNodes",
+                format!("must be at least 1, got {num_nodes}"),
+            ));
         }
         let duration = required_int(&raw, "duration")?;
         if duration < 0 {
-            return Err(InvalidJob::new("duration", format!("must not be negative, got {duration}")));
+            return Err(InvalidJob::new(
+                "duration",
+                format!("must not be negative, got {duration}"),
+            ));
         }
         let num_acc = match optional_int(&raw, "numAcc")? {
             None => 0,

@@ -5,23 +5,23 @@
 //! ClusterCockpit-compatible job-archive. ARCHITECTURE.md maps the modules; they are listed
 //! here in reading order.
 
-pub mod job;
-pub mod job_data;
-pub mod config;
-pub mod store;
-pub mod commit;
-pub mod queue;
-pub mod cluster;
-pub mod scopes;
-pub mod stats;
-pub mod metric_source;
+pub mod api;
 pub mod archive;
 pub mod archiver;
-pub mod worker;
+pub mod cli;
+pub mod client;
+pub mod cluster;
+pub mod commit;
+pub mod config;
+pub mod job;
+pub mod job_data;
+pub mod metric_source;
 pub mod metrics;
-pub mod api;
+pub mod queue;
+pub mod scopes;
 pub mod service;
 pub mod shutdown;
+pub mod stats;
+pub mod store;
 pub mod telemetry;
-pub mod client;
-pub mod cli;
+pub mod worker;

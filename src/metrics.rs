@@ -30,8 +30,8 @@ const WAIT_BUCKETS: &[f64] = &[
 
 /// Buckets for the trigger acknowledgement: 50 µs to 5 s.
 const ACK_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
 /// Every metric's name, help and buckets are constants that the crate accepts.
@@ -86,18 +86,17 @@ impl Metrics {
         let registry = Registry::new_custom(Some("job_archiver".to_owned()), None)
             .expect("the prefix is a valid metric name");
         let metrics = Metrics {
-            queued_jobs: IntGauge::new("queued_jobs", "Jobs waiting in the queue.").expect(STATIC_OPTIONS),
-            jobs: IntGaugeVec::new(
-                Opts::new("jobs", "Jobs in the store per state."),
-                &["state"],
-            )
-            .expect(STATIC_OPTIONS),
+            queued_jobs: IntGauge::new("queued_jobs", "Jobs waiting in the queue.")
+                .expect(STATIC_OPTIONS),
+            jobs: IntGaugeVec::new(Opts::new("jobs", "Jobs in the store per state."), &["state"])
+                .expect(STATIC_OPTIONS),
             oldest_queued: IntGauge::new(
                 "oldest_queued_job_timestamp_seconds",
                 "Unix time when the oldest queued job was accepted; 0 when the queue is empty.",
             )
             .expect(STATIC_OPTIONS),
-            worker_busy: IntGauge::new("worker_busy", "1 while the worker archives a job.").expect(STATIC_OPTIONS),
+            worker_busy: IntGauge::new("worker_busy", "1 while the worker archives a job.")
+                .expect(STATIC_OPTIONS),
             archive_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "archive_duration_seconds",
@@ -131,21 +130,27 @@ impl Metrics {
                 .buckets(ACK_BUCKETS.to_vec()),
             )
             .expect(STATIC_OPTIONS),
-            accepted: IntCounter::new("jobs_accepted_total", "Jobs newly queued by triggers.").expect(STATIC_OPTIONS),
-            archived: IntCounter::new("jobs_archived_total", "Jobs archived.").expect(STATIC_OPTIONS),
+            accepted: IntCounter::new("jobs_accepted_total", "Jobs newly queued by triggers.")
+                .expect(STATIC_OPTIONS),
+            archived: IntCounter::new("jobs_archived_total", "Jobs archived.")
+                .expect(STATIC_OPTIONS),
             failed: IntCounterVec::new(
                 Opts::new("jobs_failed_total", "Jobs marked failed, by failing step."),
                 &["step"],
             )
             .expect(STATIC_OPTIONS),
-            retries: IntCounter::new("job_retries_total", "Failed jobs queued again.").expect(STATIC_OPTIONS),
+            retries: IntCounter::new("job_retries_total", "Failed jobs queued again.")
+                .expect(STATIC_OPTIONS),
             archived_bytes: IntCounter::new(
                 "archived_bytes_total",
                 "Bytes of meta.json and data files written to the job-archive.",
             )
             .expect(STATIC_OPTIONS),
             metric_store_requests: IntCounterVec::new(
-                Opts::new("metric_store_requests_total", "Requests to the metric source, by outcome."),
+                Opts::new(
+                    "metric_store_requests_total",
+                    "Requests to the metric source, by outcome.",
+                ),
                 &["outcome"],
             )
             .expect(STATIC_OPTIONS),

@@ -80,7 +80,12 @@ pub trait JobQueue: Send + Sync {
     ) -> Result<JobRecord, QueueError>;
 
     /// Marks a claimed job `failed` with its reason and the step that failed.
-    async fn finish_failed(&self, key: &str, message: &str, step: &str) -> Result<JobRecord, QueueError>;
+    async fn finish_failed(
+        &self,
+        key: &str,
+        message: &str,
+        step: &str,
+    ) -> Result<JobRecord, QueueError>;
 
     /// Puts a claimed job back to `queued` at its old position without counting the attempt.
     async fn release(&self, key: &str) -> Result<JobRecord, QueueError>;
@@ -145,11 +150,12 @@ impl JobQueue for SledQueue {
     async fn enqueue(&self, jobs: &[JobMeta]) -> Result<Vec<Enqueued>, QueueError> {
         let mut entries = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let meta = serde_json::to_vec(&job.raw).map_err(|err| QueueError::Task(err.to_string()))?;
+            let meta =
+                serde_json::to_vec(&job.raw).map_err(|err| QueueError::Task(err.to_string()))?;
             entries.push((job.id.clone(), job.end_time(), meta));
         }
         let outcomes = self.blocking(move |store| store.enqueue(&entries, now_ms())).await?;
-        if outcomes.iter().any(|outcome| *outcome == Enqueued::Queued) {
+        if outcomes.contains(&Enqueued::Queued) {
             self.commit.wait_durable().await?;
             self.new_work.notify_one();
         }
@@ -192,7 +198,12 @@ impl JobQueue for SledQueue {
         .await
     }
 
-    async fn finish_failed(&self, key: &str, message: &str, step: &str) -> Result<JobRecord, QueueError> {
+    async fn finish_failed(
+        &self,
+        key: &str,
+        message: &str,
+        step: &str,
+    ) -> Result<JobRecord, QueueError> {
         let (key, message, step) = (key.to_owned(), message.to_owned(), step.to_owned());
         self.blocking(move |store| {
             let record = store.mark_failed(&key, &message, &step, now_ms())?;

@@ -122,12 +122,15 @@ pub fn build_queries(
             if !handled_scopes.insert(scope) {
                 continue;
             }
+            // Hosts without a topology fail alike, so only the first of them is reported.
+            let mut no_topology_reported = false;
             for resource in &job.resources {
                 let host = Host { metric, resource, topology };
                 match host.queries(scope) {
                     Ok(queries) => plan.queries.extend(queries),
+                    Err(HostError::NoTopology) if no_topology_reported => (),
                     Err(HostError::NoTopology) => {
-                        // The topology is per job, so every other host would fail the same way.
+                        no_topology_reported = true;
                         plan.errors.push(QueryError::NoTopology {
                             metric: metric.name.clone(),
                             native: metric.scope,
@@ -135,7 +138,6 @@ pub fn build_queries(
                             job: job.id.to_string(),
                             hostname: resource.hostname.clone(),
                         });
-                        break;
                     }
                     Err(HostError::NoUnits) => plan.errors.push(QueryError::NoUnits {
                         metric: metric.name.clone(),
@@ -203,6 +205,9 @@ impl Host<'_> {
     /// Builds one aggregated query per unit of `scope` that the job uses, over the units of the
     /// native scope inside it. A hwthread-native metric at core scope thus becomes one query per
     /// core over all hwthreads of that core.
+    ///
+    /// The series id is the unit's index. ClusterCockpit uses the first type id instead, which
+    /// is the same for cores of one hwthread but names a hwthread, not the core, with SMT.
     fn per_unit_queries(
         &self,
         native: MetricScope,
@@ -340,7 +345,7 @@ mod tests {
         Cluster::from_json(&std::fs::read(path).unwrap()).unwrap()
     }
 
-    /// A small cluster with two sockets of two cores of two hwthreads, one memory domain per
+    /// Builds a small cluster with two sockets of two cores of two hwthreads, one memory domain per
     /// socket, and two accelerators.
     fn tiny() -> Cluster {
         let value = json!({
@@ -550,6 +555,21 @@ mod tests {
             })
             .collect();
         assert_eq!(scopes, [MetricScope::Core]);
+    }
+
+    #[test]
+    fn hosts_without_hwthreads_fail_alone() {
+        let resources = json!([
+            {"hostname": "x001"},
+            {"hostname": "x002", "hwthreads": [0, 1]},
+            {"hostname": "x003"},
+        ]);
+        let job = job(json!({"numNodes": 3, "resources": resources}));
+        let plan = plan(&job, &fritz(), "clock", &[MetricScope::Node]);
+        let hosts: Vec<&str> = plan.queries.iter().map(|q| q.hostname.as_str()).collect();
+        assert_eq!(hosts, ["x002"]);
+        assert_eq!(plan.errors.len(), 1, "{:?}", plan.errors);
+        assert!(plan.errors[0].to_string().contains("host x001"), "{}", plan.errors[0]);
     }
 
     #[test]

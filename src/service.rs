@@ -116,7 +116,8 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = components.worker(config);
-    let worker_task = tokio::spawn(async move { worker.run(RunMode::UntilStopped, stop_rx, None).await });
+    let worker_task =
+        tokio::spawn(async move { worker.run(RunMode::UntilStopped, stop_rx, None).await });
 
     let state = Arc::new(AppState {
         queue: Arc::clone(&queue),
@@ -197,13 +198,13 @@ pub fn read_job_files(paths: &[PathBuf]) -> anyhow::Result<Vec<JobFile>> {
     Ok(files
         .into_iter()
         .map(|path| {
-            let jobs = std::fs::read(&path)
-                .map_err(|err| format!("cannot read: {err}"))
-                .and_then(|bytes| {
+            let jobs = std::fs::read(&path).map_err(|err| format!("cannot read: {err}")).and_then(
+                |bytes| {
                     api::parse_trigger_body(&bytes)
                         .map(|(jobs, _)| jobs)
                         .map_err(|(_, err)| err.message().to_owned())
-                });
+                },
+            );
             JobFile { path, jobs }
         })
         .collect())
@@ -240,7 +241,10 @@ pub async fn archive_batch(
     let mut report = BatchReport::default();
     let recovered = queue.recover().await.context("recovering jobs of the last run")?;
     if recovered > 0 {
-        tracing::info!(recovered, "resuming jobs that were being archived when the last run stopped");
+        tracing::info!(
+            recovered,
+            "resuming jobs that were being archived when the last run stopped"
+        );
     }
 
     for file in files {
@@ -268,7 +272,9 @@ pub async fn archive_batch(
     let (outcome_tx, mut outcome_rx) = mpsc::unbounded_channel();
     let worker = components.worker(config);
     let mut worker_task =
-        tokio::spawn(async move { worker.run(RunMode::UntilEmpty, stop_rx, Some(outcome_tx)).await });
+        tokio::spawn(
+            async move { worker.run(RunMode::UntilEmpty, stop_rx, Some(outcome_tx)).await },
+        );
     tokio::pin!(shutdown);
     let mut stopping = false;
     loop {

@@ -8,7 +8,8 @@ pub async fn signal() -> &'static str {
         use tokio::signal::unix::{signal, SignalKind};
         // Installing a handler fails only when the runtime has no signal driver, which the
         // multi-threaded runtime built in main always has.
-        let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        let mut terminate =
+            signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
         let mut interrupt = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
         tokio::select! {
             _ = terminate.recv() => "SIGTERM",

@@ -14,8 +14,8 @@ use crate::job_data::{JobData, MetricScope, SeriesStats, StatisticsSeries, Unit}
 /// `LoadData` decides it.
 pub const STATISTICS_SERIES_MIN_SERIES: usize = 8;
 
-/// Fewest non-missing values a time step needs for its entry in a `statisticsSeries`; steps with
-/// fewer are missing (NaN).
+/// Minimum number of non-missing values at a time step for its `statisticsSeries` entry. Steps
+/// with fewer values get NaN.
 const STATISTICS_SERIES_MIN_VALUES: usize = 3;
 
 /// One metric's entry in `meta.json`'s `statistics`.

@@ -369,7 +369,8 @@ impl Store {
     /// Puts every `archiving` job back to `queued`, keeping its queue position, so it is the
     /// first to be taken again. Returns how many were found.
     pub fn recover_archiving(&self) -> Result<usize, StoreError> {
-        let keys: Vec<String> = self.keys_in_state(JobState::Archiving, None).collect::<Result<_, _>>()?;
+        let keys: Vec<String> =
+            self.keys_in_state(JobState::Archiving, None).collect::<Result<_, _>>()?;
         for key in &keys {
             self.release(key, false)?;
         }
@@ -407,7 +408,10 @@ impl Store {
     }
 
     /// All job ids in id order, starting after `after`.
-    pub fn keys(&self, after: Option<&str>) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
+    pub fn keys(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<String, StoreError>> + '_ {
         let start = match after {
             Some(after) => {
                 let mut key = after.as_bytes().to_vec();
@@ -479,7 +483,9 @@ impl Tx<'_> {
     fn get_record(&self, key: &str) -> TxResult<Option<JobRecord>> {
         match self.jobs.get(key)? {
             None => Ok(None),
-            Some(bytes) => decode_record(key, &bytes).map(Some).map_err(ConflictableTransactionError::Abort),
+            Some(bytes) => {
+                decode_record(key, &bytes).map(Some).map_err(ConflictableTransactionError::Abort)
+            }
         }
     }
 
@@ -518,7 +524,12 @@ impl Tx<'_> {
 
     /// Writes a newly queued record and its queue entry; `old_state` is the state of the
     /// record it replaces, if any.
-    fn put_queued(&self, key: &str, old_state: Option<JobState>, record: &JobRecord) -> TxResult<()> {
+    fn put_queued(
+        &self,
+        key: &str,
+        old_state: Option<JobState>,
+        record: &JobRecord,
+    ) -> TxResult<()> {
         self.queue.insert(&record.seq.to_be_bytes(), key.as_bytes())?;
         match old_state {
             Some(old_state) => self.update(key, old_state, record),

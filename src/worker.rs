@@ -48,7 +48,7 @@ pub enum Outcome {
 /// Why the worker loop woke up.
 enum Event {
     /// A job was claimed.
-    Job(ClaimedJob),
+    Job(Box<ClaimedJob>),
     /// The queue is empty.
     Idle,
     /// The stop signal was raised.
@@ -70,7 +70,7 @@ impl Worker {
                 Event::Stop
             } else {
                 match self.queue.claim_next().await? {
-                    Some(job) => Event::Job(job),
+                    Some(job) => Event::Job(Box::new(job)),
                     None => Event::Idle,
                 }
             };
@@ -84,8 +84,9 @@ impl Worker {
                     }
                 }
                 Event::Job(job) => {
-                    let span = tracing::info_span!("job", id = %job.key, attempt = job.record.attempts);
-                    let outcome = self.process(job, &mut stop).instrument(span).await?;
+                    let span =
+                        tracing::info_span!("job", id = %job.key, attempt = job.record.attempts);
+                    let outcome = self.process(*job, &mut stop).instrument(span).await?;
                     if let (Some(outcome), Some(outcomes)) = (outcome, &outcomes) {
                         let _ = outcomes.send(outcome);
                     }
@@ -117,7 +118,12 @@ impl Worker {
                 let path = archived.written.path.display().to_string();
                 let record = self
                     .queue
-                    .finish_archived(&job.key, path, archived.written.bytes, duration.as_millis() as u64)
+                    .finish_archived(
+                        &job.key,
+                        path,
+                        archived.written.bytes,
+                        duration.as_millis() as u64,
+                    )
                     .await?;
                 self.metrics.observe_archived(&record, duration, archived.written.bytes);
                 tracing::info!(
@@ -179,8 +185,10 @@ impl Worker {
 }
 
 fn parse_stored_meta(bytes: &[u8]) -> Result<JobMeta, ArchiveFailure> {
-    let failure = |message: String| ArchiveFailure { step: Step::Metadata, message, transient: false };
-    let value = serde_json::from_slice(bytes).map_err(|err| failure(format!("stored metadata: {err}")))?;
+    let failure =
+        |message: String| ArchiveFailure { step: Step::Metadata, message, transient: false };
+    let value =
+        serde_json::from_slice(bytes).map_err(|err| failure(format!("stored metadata: {err}")))?;
     JobMeta::from_json(value).map_err(|err| failure(format!("stored metadata: {err}")))
 }
 

@@ -73,8 +73,8 @@ impl FsArchive {
     }
 
     /// Returns the job folder after checking that it is a plain path below the root. The
-    /// invariant of [`JobId`] already guarantees that; this guards the archive against a
-    /// future change of that invariant.
+    /// invariant of [`JobId`] already guarantees that, so the check guards against a future
+    /// change of that invariant.
     fn checked_job_dir(&self, id: &JobId) -> Result<PathBuf, ArchiveError> {
         let path = self.job_dir(id);
         let plain = match path.strip_prefix(&self.root) {
@@ -147,9 +147,9 @@ impl ArchiveWriter for FsArchive {
     ///   under `{startTime}`, each complete;
     /// - during step 5: a leftover `.{startTime}.old`.
     ///
-    /// Readers that list job folders skip these names only if they ignore names starting with
-    /// `.`. Two concurrent writes of the same job are not supported; the worker writes one job
-    /// at a time.
+    /// A reader that lists every folder sees these leftovers unless it skips names starting with
+    /// `.`. Two concurrent writes of the same job are not supported, because the temporary names
+    /// are per job; the worker writes one job at a time.
     fn write_job(&self, id: &JobId, files: &JobFiles) -> Result<WrittenJob, ArchiveError> {
         let final_dir = self.checked_job_dir(id)?;
         let Some(parent) = final_dir.parent() else {

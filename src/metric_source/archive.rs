@@ -37,7 +37,7 @@ impl MetricSource for ArchiveReplay {
     /// the requested metrics that the cluster configuration lists.
     ///
     /// Each such metric is returned at `max(native scope, requested scope)` for every requested
-    /// scope, as a metric store would answer, with the unit of the cluster configuration. A
+    /// scope, as a metric store would return it, with the unit of the cluster configuration. A
     /// (metric, scope) pair that the file lacks is left out without an error. The resolution of the request is ignored: the data keeps the
     /// timestep it was archived with.
     ///

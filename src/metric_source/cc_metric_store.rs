@@ -13,12 +13,16 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
+use crate::job::JobMeta;
 use crate::job_data::{JobData, JobMetric, Series, SeriesStats};
 use crate::metric_source::{LoadRequest, Loaded, MetricSource, SourceError};
 use crate::scopes::{build_queries, Query};
 
 /// How many characters of an error reply body go into [`SourceError::Status`].
 const STATUS_BODY_MAX_CHARS: usize = 200;
+
+const BAD_TOKEN: &str =
+    "token: contains characters not allowed in an HTTP header; use the JWT text as issued";
 
 /// How many partial errors the per-job warning lists in full.
 const LOGGED_PARTIAL_ERRORS: usize = 3;
@@ -43,8 +47,8 @@ impl CcMetricStore {
     ///
     /// `token` is sent as `Authorization: Bearer <token>` when it is set and not empty.
     /// `timeout` bounds a whole request, from connecting to the end of the reply body.
-    /// Fails when `url` is not an `http` or `https` URL without query or fragment, or when the
-    /// token cannot be sent in an HTTP header.
+    /// Fails when `url` is not an `http` or `https` URL without credentials, query or fragment,
+    /// or when the token cannot be sent in an HTTP header.
     pub fn new(
         url: &str,
         token: Option<String>,
@@ -53,14 +57,17 @@ impl CcMetricStore {
         let base = Url::parse(url).map_err(|err| {
             InvalidStoreConfig(format!("url {url:?}: {err}; use for example http://host:8082"))
         })?;
+        // Credentials in the URL would make reqwest send a second `Authorization` header.
         let usable_base = matches!(base.scheme(), "http" | "https")
             && base.host().is_some()
+            && base.username().is_empty()
+            && base.password().is_none()
             && base.query().is_none()
             && base.fragment().is_none();
         if !usable_base {
             return Err(InvalidStoreConfig(format!(
-                "url {}: use an http or https URL without query or fragment, for example \
-                 http://host:8082",
+                "url {}: use an http or https URL without credentials, query or fragment, for \
+                 example http://host:8082, and set the token separately",
                 redacted(&base)
             )));
         }
@@ -72,14 +79,10 @@ impl CcMetricStore {
         let authorization = match token.filter(|token| !token.is_empty()) {
             None => None,
             Some(token) => {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        InvalidStoreConfig(
-                        "token: contains characters not allowed in an HTTP header; use the JWT \
-                         text as issued"
-                            .to_owned(),
-                    )
-                    })?;
+                // The error leaves the token out, so that it cannot end up in a log.
+                let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+                    return Err(InvalidStoreConfig(BAD_TOKEN.to_owned()));
+                };
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -119,7 +122,7 @@ impl CcMetricStore {
     }
 
     fn unreachable(&self, err: reqwest::Error) -> SourceError {
-        // The message names the URL itself, without the password that the error's URL may hold.
+        // The message names the URL once, in front, rather than inside reqwest's text.
         let problem = match err.is_timeout() {
             true => format!("request timed out after {:?}", self.timeout),
             false => error_chain(&err.without_url()),
@@ -208,14 +211,19 @@ fn add_results(
     let expected = query.series_ids.len();
     if elements.len() > expected {
         partial_errors.push(format!(
-            "{label}: expected at most {expected} result elements, got {}; series dropped",
+            "{label}: expected {expected} series, got {} result elements; series dropped",
             elements.len()
         ));
         return;
     }
+    if elements.is_empty() {
+        // The store leaves out selectors whose host or metric it does not know.
+        partial_errors.push(format!("{label}: the store returned no series; is the host known?"));
+        return;
+    }
     if elements.len() < expected {
-        // The store leaves out selectors it has no data for, so the remaining elements may not
-        // line up with the type ids. They keep ids by position, as ClusterCockpit assigns them.
+        // The remaining elements may not line up with the type ids. They keep ids by position,
+        // as ClusterCockpit assigns them.
         partial_errors.push(format!(
             "{label}: the store returned {} of {expected} series; series ids may be shifted",
             elements.len()
@@ -271,7 +279,7 @@ fn add_results(
 
 /// Turns the collected data and errors into the result of a load, and logs the errors once.
 fn finish(
-    job: &crate::job::JobMeta,
+    job: &JobMeta,
     data: JobData,
     partial_errors: Vec<String>,
 ) -> Result<Loaded, SourceError> {
@@ -281,7 +289,7 @@ fn finish(
     let first_errors = &partial_errors[..partial_errors.len().min(LOGGED_PARTIAL_ERRORS)];
     if data.is_empty() {
         return Err(SourceError::NoData(format!(
-            "{} of the queried metrics failed, first: {}",
+            "every query failed or returned nothing ({} errors), first: {}",
             partial_errors.len(),
             first_errors.join("; ")
         )));
@@ -290,7 +298,7 @@ fn finish(
         job_id = %job.id,
         n_errors = partial_errors.len(),
         first_errors = ?first_errors,
-        "cc-metric-store returned partial errors; archiving the data that loaded"
+        "some metrics or scopes of the job failed to load from cc-metric-store"
     );
     Ok(Loaded { data, partial_errors })
 }

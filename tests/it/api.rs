@@ -79,7 +79,10 @@ async fn batch_is_stored_and_replied_per_job() {
     let failed = server.wait_for_state("fritz/7/1675954353", "failed").await;
     assert_eq!(failed["failedStep"], "load", "failing step in {failed}");
     let error = failed["error"].as_str().unwrap_or_default();
-    assert!(error.contains("fritz/0/007/1675954353"), "error names the missing data folder: {error}");
+    assert!(
+        error.contains("fritz/0/007/1675954353"),
+        "error names the missing data folder: {error}"
+    );
     server.stop().await;
 }
 
@@ -101,13 +104,15 @@ async fn failed_job_lists_and_retries() {
         page["jobs"].as_array().unwrap().iter().map(|job| job["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["fritz/11/1675954353", "fritz/12/1675954353"], "first page");
     assert_eq!(page["next"], "fritz/12/1675954353", "cursor of the first page");
-    let (_, page) = server.get_json("/api/jobs?state=failed&limit=2&after=fritz/12/1675954353").await;
+    let (_, page) =
+        server.get_json("/api/jobs?state=failed&limit=2&after=fritz/12/1675954353").await;
     let ids: Vec<&str> =
         page["jobs"].as_array().unwrap().iter().map(|job| job["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["fritz/13/1675954353"], "second page");
     assert_eq!(page["next"], Value::Null, "no cursor after the last page");
 
-    let (status, body) = server.post_json("/api/jobs/fritz/11/1675954353/retry", &json!(null)).await;
+    let (status, body) =
+        server.post_json("/api/jobs/fritz/11/1675954353/retry", &json!(null)).await;
     assert_eq!(status, 202, "retry of one job: {body}");
     let retried = server.wait_for_state("fritz/11/1675954353", "failed").await;
     assert_eq!(retried["attempts"], 1, "attempts restart after a retry: {retried}");
@@ -222,11 +227,13 @@ async fn restart_resumes_backlog_in_order() {
         use job_archiver::job::JobMeta;
         use job_archiver::queue::{JobQueue, SledQueue};
         let store = job_archiver::store::Store::open(&dirs.store, 8 << 20).unwrap();
-        let queue = SledQueue::new(std::sync::Arc::new(store), job_archiver::commit::Durability::Fsync);
-        let jobs: Vec<JobMeta> = [example_job("fritz-398764"), synthetic_job(31), synthetic_job(32)]
-            .into_iter()
-            .map(|job| JobMeta::from_json(job).unwrap())
-            .collect();
+        let queue =
+            SledQueue::new(std::sync::Arc::new(store), job_archiver::commit::Durability::Fsync);
+        let jobs: Vec<JobMeta> =
+            [example_job("fritz-398764"), synthetic_job(31), synthetic_job(32)]
+                .into_iter()
+                .map(|job| JobMeta::from_json(job).unwrap())
+                .collect();
         queue.enqueue(&jobs).await.unwrap();
         let claimed = queue.claim_next().await.unwrap().unwrap();
         assert_eq!(claimed.key, "fritz/398764/1675954353", "the oldest job is claimed first");

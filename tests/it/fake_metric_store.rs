@@ -2,8 +2,8 @@
 //! (`/api/query?version=v2`, GET with a JSON body) and replies from a job-archive `data.json`.
 //!
 //! It maps each query back to a fixture series with the cluster topology, the way the real store
-//! would aggregate: a plain query or an aggregate over every unit of the node gives the node
-//! series, an aggregate over one core's hwthreads gives that core's series, and a non-aggregated
+//! would aggregate. A plain query, or an aggregate over every unit of the node, gives the node
+//! series. An aggregate over one core's hwthreads gives that core's series. A non-aggregated
 //! query gives one series per type id. Knobs let tests record requests, inject per-metric error
 //! elements and make the whole store fail.
 

@@ -48,10 +48,22 @@ async fn malformed_bodies_get_400_naming_field() {
         ("huge jobId", b"{\"jobId\": 1e400}".to_vec(), "invalid JSON"),
         ("resources not array", job_with("resources", Some(json!({"hostname": "x"}))), "resources"),
         ("hostname missing", job_with("resources", Some(json!([{}]))), "resources[0].hostname"),
-        ("hostname number", job_with("resources", Some(json!([{"hostname": 3}]))), "resources[0].hostname"),
-        ("hwthreads strings", job_with("resources", Some(json!([{"hostname": "f1", "hwthreads": ["a"]}]))), "resources[0].hwthreads[0]"),
+        (
+            "hostname number",
+            job_with("resources", Some(json!([{"hostname": 3}]))),
+            "resources[0].hostname",
+        ),
+        (
+            "hwthreads strings",
+            job_with("resources", Some(json!([{"hostname": "f1", "hwthreads": ["a"]}]))),
+            "resources[0].hwthreads[0]",
+        ),
         ("numAcc negative", job_with("numAcc", Some(json!(-2))), "numAcc"),
-        ("second job of batch", serde_json::to_vec(&json!([synthetic_job(2), {"jobId": 3}])).unwrap(), "[1].cluster"),
+        (
+            "second job of batch",
+            serde_json::to_vec(&json!([synthetic_job(2), {"jobId": 3}])).unwrap(),
+            "[1].cluster",
+        ),
     ];
     assert!(cases.len() >= 15, "the table covers at least 15 bodies");
 

@@ -45,9 +45,18 @@ async fn load(source: &CcMetricStore, job: &JobMeta) -> Result<Loaded, SourceErr
     let sub_cluster = cluster.sub_cluster_for(job).map(|sub_cluster| sub_cluster.name.as_str());
     let metrics: Vec<String> =
         cluster.metrics_for(sub_cluster).iter().map(|metric| metric.name.clone()).collect();
+    load_metrics(source, job, &metrics).await
+}
+
+/// Loads the given metrics of a job at node and core scope.
+async fn load_metrics(
+    source: &CcMetricStore,
+    job: &JobMeta,
+    metrics: &[String],
+) -> Result<Loaded, SourceError> {
+    let cluster = fritz_cluster();
     let scopes = archive_scopes(job, 8);
-    let request =
-        LoadRequest { job, cluster: &cluster, metrics: &metrics, scopes: &scopes, resolution: 0 };
+    let request = LoadRequest { job, cluster: &cluster, metrics, scopes: &scopes, resolution: 0 };
     tokio::time::timeout(TEST_DEADLINE, source.load(&request))
         .await
         .expect("load did not finish within the test deadline")
@@ -290,7 +299,7 @@ async fn unknown_host_is_no_data() {
     let err = load(&client(&store, None), &job).await.unwrap_err();
     let SourceError::NoData(message) = &err else { panic!("expected NoData, got {err}") };
     assert!(message.contains("host f0650"), "{message}");
-    assert!(message.contains("returned 0 of 1 series"), "{message}");
+    assert!(message.contains("the store returned no series"), "{message}");
     store.stop().await;
 }
 
@@ -351,6 +360,43 @@ async fn wrongly_shaped_replies_are_invalid() {
 }
 
 #[tokio::test]
+async fn element_counts_that_do_not_match() {
+    let store = FakeMetricStore::start(FakeStoreConfig::fritz()).await;
+    let source = client(&store, None);
+    let mem_bw = ["mem_bw".to_owned()];
+    let element =
+        r#"{"data":[1.0,null,3.0],"from":1,"to":2,"resolution":0,"avg":2,"min":1,"max":3}"#;
+
+    // The node query gets one element, the socket query one of its two.
+    let short = format!(r#"{{"results":[[{element}],[{element}]]}}"#);
+    store.set_mode(Mode::Fixed { status: 200, body: short });
+    let loaded = load_metrics(&source, &fritz_job(), &mem_bw).await.unwrap();
+    assert_eq!(
+        loaded.partial_errors,
+        ["metric mem_bw, scope socket, host f0649: the store returned 1 of 2 series; series ids \
+          may be shifted"]
+    );
+    let sockets = &loaded.data["mem_bw"][&MetricScope::Socket];
+    assert_eq!(sockets.series.len(), 1);
+    assert_eq!(sockets.series[0].id.as_deref(), Some("0"));
+    assert_eq!(sockets.timestep, 60, "resolution 0 falls back to the configured timestep");
+    assert!(sockets.series[0].data[1].is_nan());
+
+    // The node query gets two elements for its one series.
+    let long = format!(r#"{{"results":[[{element},{element}],[{element},{element}]]}}"#);
+    store.set_mode(Mode::Fixed { status: 200, body: long });
+    let loaded = load_metrics(&source, &fritz_job(), &mem_bw).await.unwrap();
+    assert_eq!(
+        loaded.partial_errors,
+        ["metric mem_bw, scope node, host f0649: expected 1 series, got 2 result elements; \
+          series dropped"]
+    );
+    assert!(!loaded.data["mem_bw"].contains_key(&MetricScope::Node));
+    assert_eq!(loaded.data["mem_bw"][&MetricScope::Socket].series.len(), 2);
+    store.stop().await;
+}
+
+#[tokio::test]
 async fn hanging_store_times_out() {
     let store = FakeMetricStore::start(FakeStoreConfig::fritz()).await;
     store.set_mode(Mode::Hang);
@@ -382,9 +428,18 @@ async fn closed_port_is_unreachable() {
 #[tokio::test]
 async fn invalid_settings_are_rejected() {
     let timeout = Duration::from_secs(1);
-    for url in ["", "not a url", "ftp://127.0.0.1:8082", "http://127.0.0.1:8082/?a=b"] {
+    let urls = [
+        "",
+        "not a url",
+        "ftp://127.0.0.1:8082",
+        "http://127.0.0.1:8082/?a=b",
+        "http://127.0.0.1:8082/#top",
+        "http://user:password@127.0.0.1:8082",
+    ];
+    for url in urls {
         let err = CcMetricStore::new(url, None, timeout).unwrap_err();
         assert!(err.to_string().contains("url"), "{url:?}: {err}");
+        assert!(!err.to_string().contains("password"), "{url:?}: {err}");
     }
     let err =
         CcMetricStore::new("http://127.0.0.1:8082", Some("a\nb".to_owned()), timeout).unwrap_err();

@@ -36,7 +36,7 @@ fn load_schemas() -> BTreeMap<String, Value> {
         }
         let mut schema = read_json(&path);
         // The files name their draft as `http://json-schema.org/draft/2020-12/schema`, but the
-        // draft's identifier is the `https` form; the validator only knows the latter.
+        // draft's identifier is the `https` form, the only one the validator accepts.
         schema["$schema"] = Value::from("https://json-schema.org/draft/2020-12/schema");
         schemas.insert(name, schema);
     }
@@ -131,8 +131,8 @@ fn relax_for_real_archives(schemas: &mut BTreeMap<String, Value>) {
     let base = unit_schema["properties"]["base"].as_object_mut().expect("an object");
     base.remove("enum");
 
-    // ClusterCockpit never computes the `mean` of a `statisticsSeries` and writes it as `null`,
-    // which the schema's `array` type rejects; the encoder writes it the same way.
+    // ClusterCockpit never computes the `mean` of a `statisticsSeries` and writes it as `null`.
+    // The schema's `array` type rejects that, and the encoder writes `null` too.
     let metric_schema = schemas.get_mut("job-metric-data.schema.json").expect("present");
     let mean = &mut metric_schema["properties"]["statisticsSeries"]["properties"]["mean"];
     mean["type"] = serde_json::json!(["array", "null"]);
