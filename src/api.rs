@@ -18,23 +18,27 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::auth::Authenticator;
 use crate::job::{InvalidJob, JobId, JobMeta, JobState};
 use crate::metrics::{Metrics, RejectReason};
 use crate::queue::{JobQueue, QueueError};
 use crate::store::{now_ms, Enqueued, StoreError};
 use dto::{ErrorReply, JobPage, JobStatus, QueueReply, RetryReply, TriggerReply};
-
-/// Default largest trigger body, 16 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+use tower_http::timeout::TimeoutLayer;
 
 /// Largest page of `GET /api/jobs`.
 const MAX_PAGE: usize = 10_000;
@@ -44,6 +48,8 @@ const MAX_PAGE: usize = 10_000;
 pub struct Health {
     ready: AtomicBool,
     shutting_down: AtomicBool,
+    /// The last archive write error, until a write succeeds again.
+    archive_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -64,6 +70,28 @@ impl Health {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+
+    /// Records that the archive could not be read or written, or clears that with `None`.
+    pub fn set_archive_problem(&self, problem: Option<String>) {
+        if let Ok(mut current) = self.archive_problem.lock() {
+            *current = problem;
+        }
+    }
+
+    /// The archive problem `/readyz` reports, if any.
+    pub fn archive_problem(&self) -> Option<String> {
+        self.archive_problem.lock().ok().and_then(|problem| problem.clone())
+    }
+}
+
+/// Limits and timeouts of the HTTP API, from `[server]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    pub max_body_bytes: usize,
+    pub max_batch_jobs: usize,
+    pub request_timeout: Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` without authentication.
+    pub public_probes: bool,
 }
 
 /// What every handler shares.
@@ -71,22 +99,60 @@ pub struct AppState {
     pub queue: Arc<dyn JobQueue>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub auth: Authenticator,
+    pub limits: ApiLimits,
 }
 
-/// Builds the router with every route of the API.
-pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
-    Router::new()
+/// Builds the router with every route of the API. Every `/api` route, and the probes unless
+/// `public_probes` is set, passes the authenticator first.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
         .route("/api/jobs/archive", post(trigger))
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/retry", post(retry_all))
         .route("/api/jobs/{cluster}/{job_id}/{start_time}", get(get_job))
         .route("/api/jobs/{cluster}/{job_id}/{start_time}/retry", post(retry_job))
-        .route("/api/queue", get(queue_stats))
+        .route("/api/queue", get(queue_stats));
+    let probes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .route("/metrics", get(metrics));
+    let authenticated = middleware::from_fn_with_state(Arc::clone(&state), authenticate);
+    let (api, probes) = if state.limits.public_probes {
+        (api.route_layer(authenticated), probes)
+    } else {
+        (api.route_layer(authenticated.clone()), probes.route_layer(authenticated))
+    };
+    api.merge(probes)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.limits.request_timeout,
+        ))
         .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.auth.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(failure) => {
+            state.metrics.auth_failures.with_label_values(&[failure.as_str()]).inc();
+            tracing::warn!(reason = failure.as_str(), path = %request.uri().path(), "request not authenticated");
+            ApiError::new(StatusCode::UNAUTHORIZED, failure.message()).into_response()
+        }
+    }
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
 }
 
 /// An error reply with its status.
@@ -120,6 +186,8 @@ impl From<QueueError> for ApiError {
             QueueError::Store(StoreError::NotFound { .. }) => StatusCode::NOT_FOUND,
             QueueError::Store(StoreError::WrongState { .. }) => StatusCode::CONFLICT,
             QueueError::Store(StoreError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            QueueError::Store(StoreError::QueueFull { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            QueueError::DiskLow { .. } => StatusCode::INSUFFICIENT_STORAGE,
             QueueError::Sync(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -137,14 +205,23 @@ impl IntoResponse for ApiError {
             error: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
-        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        let retry_after = match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => Some("5"),
+            StatusCode::TOO_MANY_REQUESTS => Some("30"),
+            StatusCode::INSUFFICIENT_STORAGE => Some("60"),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }
 }
 
-async fn trigger(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+async fn trigger(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let reject = |reason: RejectReason, err: ApiError| {
         state.metrics.rejected.with_label_values(&[reason.as_str()]).inc();
@@ -158,12 +235,31 @@ async fn trigger(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         );
         return Err(reject(RejectReason::ShuttingDown, err));
     }
-    let (jobs, is_batch) =
-        parse_trigger_body(&body).map_err(|(reason, err)| reject(reason, err))?;
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!(
+                "body: larger than {} bytes (server.max_body_bytes); split the batch",
+                state.limits.max_body_bytes
+            );
+            let err = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message);
+            return Err(reject(RejectReason::TooLarge, err));
+        }
+        Err(rejection) => {
+            let message = format!("body: cannot read: {}", rejection.body_text());
+            let err = ApiError::new(rejection.status(), message);
+            return Err(reject(RejectReason::InvalidJson, err));
+        }
+    };
+    let (jobs, is_batch) = parse_trigger_body(&body, state.limits.max_batch_jobs)
+        .map_err(|(reason, err)| reject(reason, err))?;
     let outcomes = match state.queue.enqueue(&jobs).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            let reason = if err.is_client_error() {
+            let reason = if err.is_backpressure() {
+                tracing::warn!(error = %err, "trigger refused for lack of room");
+                RejectReason::QueueFull
+            } else if err.is_client_error() {
                 RejectReason::TooLarge
             } else {
                 RejectReason::StoreError
@@ -200,9 +296,12 @@ async fn trigger(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Resp
     }
 }
 
-/// Parses a trigger body: one job object or a non-empty array of them. Returns the jobs and
-/// whether the body was an array.
-pub fn parse_trigger_body(body: &[u8]) -> Result<(Vec<JobMeta>, bool), (RejectReason, ApiError)> {
+/// Parses a trigger body: one job object or a non-empty array of at most `max_batch_jobs`.
+/// Returns the jobs and whether the body was an array.
+pub fn parse_trigger_body(
+    body: &[u8],
+    max_batch_jobs: usize,
+) -> Result<(Vec<JobMeta>, bool), (RejectReason, ApiError)> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
         let message = format!("body: invalid JSON: {err}; send one job object or an array of them");
         (RejectReason::InvalidJson, ApiError::bad_request(message))
@@ -213,6 +312,17 @@ pub fn parse_trigger_body(body: &[u8]) -> Result<(Vec<JobMeta>, bool), (RejectRe
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(invalid(InvalidJob::new("body", "empty array; send at least one job")));
+            }
+            if items.len() > max_batch_jobs {
+                let message = format!(
+                    "body: {} jobs in one array, the limit is {max_batch_jobs} (server.max_batch_jobs); \
+                     split the batch",
+                    items.len()
+                );
+                return Err((
+                    RejectReason::TooLarge,
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message),
+                ));
             }
             let mut jobs = Vec::with_capacity(items.len());
             for (idx, item) in items.into_iter().enumerate() {
@@ -331,7 +441,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.health.is_ready() {
+    if let Some(problem) = state.health.archive_problem() {
+        let body = format!("archive degraded: {problem}\n");
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else if state.health.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else if state.health.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()

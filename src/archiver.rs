@@ -37,10 +37,13 @@ pub enum Step {
     Timeout,
     /// The archiving code panicked; this is a bug.
     Internal,
+    /// Earlier attempts ended without an outcome because the process died during each; the
+    /// job is not tried again automatically.
+    Interrupted,
 }
 
 impl Step {
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::Metadata,
         Step::Cluster,
         Step::Load,
@@ -48,6 +51,7 @@ impl Step {
         Step::Write,
         Step::Timeout,
         Step::Internal,
+        Step::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Step {
             Step::Write => "write",
             Step::Timeout => "timeout",
             Step::Internal => "internal",
+            Step::Interrupted => "interrupted",
         }
     }
 }

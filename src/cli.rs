@@ -1,14 +1,18 @@
 //! The command line: clap definitions and the commands that run in this process (`serve`,
 //! `archive`) or talk to a running server (`trigger`, `status`, `failed`, `retry`).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Config, LogFormat};
-use crate::service::{self, Components};
+use crate::config::{self, Config, LogFormat, MetricSourceConfig};
+use crate::job::JobState;
+use crate::queue::JobQueue;
+use crate::service::{self, Components, JobFile};
 use crate::worker::Outcome;
 use crate::{client, shutdown};
 
@@ -40,6 +44,9 @@ pub enum LogFormatArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Verify the store while no other process uses it: every record decodes, the counts agree,
+    /// and no job is in two states. Exits 1 when it finds a problem.
+    Check,
     /// Run the HTTP API and the worker until SIGINT or SIGTERM.
     Serve {
         /// Address and port to listen on; overrides server.listen.
@@ -63,6 +70,18 @@ pub enum Command {
     Status {
         /// Job id `<cluster>/<jobId>/<startTime>`.
         id: Option<String>,
+        /// Print the status again every --interval seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between two refreshes of --watch.
+        #[arg(
+            long,
+            default_value_t = 2,
+            requires = "watch",
+            value_name = "SECONDS",
+            value_parser = clap::value_parser!(u64).range(1..=86_400)
+        )]
+        interval: u64,
     },
     /// List failed jobs with their errors.
     Failed {
@@ -123,20 +142,47 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { .. } => serve(&config).await,
         Command::Archive { paths } => archive(&config, &paths).await,
         Command::Trigger { paths } => client::trigger(&config.server.url, &paths).await,
-        Command::Status { id } => client::status(&config.server.url, id.as_deref()).await,
+        Command::Status { id, watch: false, .. } => {
+            client::status(&config.server.url, id.as_deref()).await
+        }
+        Command::Status { id, watch: true, interval } => {
+            let interval = Duration::from_secs(interval);
+            client::watch_status(&config.server.url, id.as_deref(), interval).await
+        }
         Command::Failed { limit } => client::failed(&config.server.url, limit).await,
         Command::Retry { id, all_failed } => {
             client::retry(&config.server.url, id.as_deref(), all_failed).await
         }
+        Command::Check => check(&config),
     }
 }
 
+fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = crate::store::Store::open(&config.store.path, config.store.cache_bytes)?;
+    let report = store.check()?;
+    println!("store      {}", config.store.path.display());
+    println!("records    {}", report.records);
+    for state in crate::job::JobState::ALL {
+        println!("{:<10} {}", state.as_str(), report.counts.get(state));
+    }
+    if report.problems.is_empty() {
+        println!("ok: every record decodes, the counts agree, and no job is in two states");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    println!("{} problems found", report.problems.len());
+    Ok(ExitCode::FAILURE)
+}
+
 async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
+    let signals = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
     tracing::info!(
         listen = %config.server.listen,
         store = %config.store.path.display(),
         archive = %config.archive.path.display(),
-        metric_source = ?config.metric_source,
+        metric_source = %metric_source_summary(&config.metric_source),
         durability = ?config.store.durability,
         shutdown_timeout = ?config.worker.shutdown_timeout,
         version = env!("CARGO_PKG_VERSION"),
@@ -147,25 +193,66 @@ async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("server.listen {}: cannot listen", config.server.listen))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    service::serve(config, components, listener, shutdown::signal()).await?;
+    service::serve(config, components, listener, signals.recv()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let files = service::read_job_files(paths)?;
-    let components = Components::open(config)?;
-    let report = service::archive_batch(config, components, files, shutdown::signal(), |outcome| {
-        match outcome {
-            Outcome::Archived { key, job, duration } => println!(
-                "archived {key} -> {} ({} bytes, {:.2} s)",
-                job.written.path.display(),
-                job.written.bytes,
-                duration.as_secs_f64()
-            ),
-            Outcome::Failed { key, failure } => println!("failed   {key}: {failure}"),
+/// Describes the metric source for the start-up log: its kind and where it reads from, with
+/// no credentials. The token file's path is logged, never its content.
+fn metric_source_summary(source: &MetricSourceConfig) -> String {
+    match source {
+        MetricSourceConfig::Archive { path } => format!("archive replay of {}", path.display()),
+        MetricSourceConfig::CcMetricStore { url, token_file, timeout } => {
+            let token = match token_file {
+                Some(path) => format!("token from {}", path.display()),
+                None => "no token".to_owned(),
+            };
+            let timeout = humantime::format_duration(*timeout);
+            format!("cc-metric-store at {}, {token}, timeout {timeout}", url_without_userinfo(url))
         }
-    })
-    .await?;
+    }
+}
+
+/// Returns `url` without a user name or password, which would be secrets in a log.
+fn url_without_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            // Both setters fail only for URLs that cannot have credentials.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) => "(invalid URL)".to_owned(),
+    }
+}
+
+async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let files = service::read_job_files(paths, config.server.max_batch_jobs)?;
+    let signals = shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
+    let components = Components::open(config)?;
+    let progress = client::progress_bar(count_jobs_to_archive(&components, &files)?);
+    let started = tokio::time::Instant::now();
+    let mut failed_by_step: BTreeMap<String, usize> = BTreeMap::new();
+    let on_outcome = |outcome: &Outcome| {
+        progress.inc(1);
+        match outcome {
+            Outcome::Archived { key, job, duration } => progress.suspend(|| {
+                println!(
+                    "archived {key} -> {} ({} bytes, {:.2} s)",
+                    job.written.path.display(),
+                    job.written.bytes,
+                    duration.as_secs_f64()
+                )
+            }),
+            Outcome::Failed { key, failure } => {
+                *failed_by_step.entry(failure.step.as_str().to_owned()).or_default() += 1;
+                progress.suspend(|| println!("failed   {key}: {failure}"));
+            }
+        }
+    };
+    let report =
+        service::archive_batch(config, components, files, signals.recv(), on_outcome).await?;
+    client::finish_progress_bar(&progress);
 
     for (path, reason) in &report.rejected {
         println!("rejected {}: {reason}", path.display());
@@ -181,6 +268,32 @@ async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode>
         report.rejected.len(),
         report.left_queued
     );
+    if !failed_by_step.is_empty() {
+        println!("failed by step: {}", client::format_counts(&failed_by_step));
+    }
+    client::print_rate(report.archived.len() + report.failed.len(), started.elapsed());
     let clean = report.failed.is_empty() && report.rejected.is_empty() && report.left_queued == 0;
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Counts the jobs an `archive` run will archive, for its progress bar: those left queued or
+/// archiving by an earlier run, and those of `files` that are new or failed. An estimate when
+/// another process changes the store at the same time.
+fn count_jobs_to_archive(components: &Components, files: &[JobFile]) -> anyhow::Result<u64> {
+    let stats = components.queue.stats()?;
+    let mut total = stats.counts.queued + stats.counts.archiving;
+    let mut seen = HashSet::new();
+    for job in files.iter().filter_map(|file| file.jobs.as_ref().ok()).flatten() {
+        if !seen.insert(job.id.clone()) {
+            continue;
+        }
+        let will_be_queued = match components.queue.get(&job.id)? {
+            None => true,
+            Some(record) => record.state == JobState::Failed,
+        };
+        if will_be_queued {
+            total += 1;
+        }
+    }
+    Ok(total)
 }

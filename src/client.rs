@@ -1,14 +1,23 @@
 //! CLI commands that talk to a running server over its HTTP API.
+//!
+//! Results go to stdout, one line per job and a `summary:` line, in a stable format that
+//! scripts parse. Progress bars go to stderr and only when stderr is a terminal.
 
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::StatusCode;
 
 use crate::api::dto::{ErrorReply, JobPage, JobStatus, QueueReply, RetryReply, TriggerReply};
 use crate::service::read_job_files;
+
+/// ANSI sequence that clears the terminal and moves the cursor to the top left corner.
+const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
 
 fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -35,17 +44,25 @@ fn connect_error(url: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '_
     }
 }
 
-/// Posts each job file to the server and prints each job's id and state. Exits non-zero if
-/// any file or job was rejected.
+/// Posts each job file to the server and prints each job's id and state, then a summary.
+/// Shows a progress bar on stderr when it is a terminal. Exits non-zero if any file or job was
+/// rejected.
 pub async fn trigger(server: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let client = http_client()?;
     let url = format!("{server}/api/jobs/archive");
     let mut files = Vec::new();
-    for file in read_job_files(paths)? {
-        files.push(file.path);
+    for file in read_job_files(paths, usize::MAX)? {
+        // A file that does not parse is still sent, and counts as one job, so that the server's
+        // reply names the problem.
+        let n_jobs = file.jobs.as_ref().map_or(1, |jobs| jobs.len().max(1));
+        files.push((file.path, n_jobs));
     }
+
+    let progress = progress_bar(files.iter().map(|(_, n_jobs)| *n_jobs as u64).sum());
+    let started = tokio::time::Instant::now();
     let (mut accepted, mut existing, mut rejected) = (0usize, 0usize, 0usize);
-    for path in files {
+    let mut rejected_by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for (path, n_jobs) in files {
         let body =
             std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let response = client
@@ -57,13 +74,17 @@ pub async fn trigger(server: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode
             .map_err(connect_error(&url))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
+        progress.inc(n_jobs as u64);
+
         if !status.is_success() {
             let message =
                 serde_json::from_str::<ErrorReply>(&text).map(|reply| reply.error).unwrap_or(text);
-            println!("rejected {}: {status}: {message}", path.display());
+            progress.suspend(|| println!("rejected {}: {status}: {message}", path.display()));
             rejected += 1;
+            *rejected_by_status.entry(status.to_string()).or_default() += 1;
             continue;
         }
+
         let replies: Vec<TriggerReply> = match serde_json::from_str::<Vec<TriggerReply>>(&text) {
             Ok(replies) => replies,
             Err(_) => vec![serde_json::from_str(&text)
@@ -75,22 +96,115 @@ pub async fn trigger(server: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode
             } else {
                 existing += 1;
             }
-            println!("{:<9} {}", reply.state, reply.id);
+            progress.suspend(|| println!("{:<9} {}", reply.state, reply.id));
         }
     }
+    finish_progress_bar(&progress);
+
     println!("summary: {accepted} accepted, {existing} already known, {rejected} rejected");
+    if !rejected_by_status.is_empty() {
+        println!("rejected by status: {}", format_counts(&rejected_by_status));
+    }
+    print_rate(accepted + existing, started.elapsed());
     Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Returns a progress bar over `len` jobs with rate and ETA, drawn on stderr, or a hidden one
+/// when stderr is not a terminal, so that logs and test output stay free of it. Log lines are
+/// printed above the bar until [`finish_progress_bar`].
+pub fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {pos}/{len} jobs, {per_sec}, ETA {eta}",
+    )
+    .expect("the progress template is valid")
+    .progress_chars("=> ");
+    let bar = ProgressBar::new(len).with_style(style);
+    crate::telemetry::set_progress_bar(&bar);
+    bar
+}
+
+/// Removes a bar of [`progress_bar`] from the screen; later log lines go to stderr directly.
+pub fn finish_progress_bar(bar: &ProgressBar) {
+    bar.finish_and_clear();
+    crate::telemetry::clear_progress_bar();
+}
+
+/// Formats counts as `key: n, key: n`, in key order.
+pub fn format_counts(counts: &BTreeMap<String, usize>) -> String {
+    let parts: Vec<String> = counts.iter().map(|(key, count)| format!("{key}: {count}")).collect();
+    parts.join(", ")
+}
+
+/// Prints how long a command took for `n_jobs` jobs, and the rate.
+pub fn print_rate(n_jobs: usize, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 { n_jobs as f64 / seconds } else { 0.0 };
+    println!("took {seconds:.2} s for {n_jobs} jobs ({rate:.1} jobs/s)");
 }
 
 /// Prints queue counts and the last failures, or one job's state.
 pub async fn status(server: &str, id: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = http_client()?;
+    print_status(&client, server, id).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the status every `interval` until SIGINT (Ctrl-C) or SIGTERM, then exits 0.
+/// Each refresh starts with a header line, and clears the screen first when stdout is a
+/// terminal. A failed request is printed and retried at the next refresh.
+pub async fn watch_status(
+    server: &str,
+    id: Option<&str>,
+    interval: Duration,
+) -> anyhow::Result<ExitCode> {
+    let client = http_client()?;
+    let clear_screen = std::io::stdout().is_terminal();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let signals =
+        crate::shutdown::install().context("installing the SIGTERM and SIGINT handlers")?;
+    let stopped = signals.recv();
+    tokio::pin!(stopped);
+    loop {
+        // The signal future comes first, so that its handlers are installed before the first
+        // refresh.
+        tokio::select! {
+            biased;
+            _ = &mut stopped => return Ok(ExitCode::SUCCESS),
+            _ = ticks.tick() => (),
+        }
+        if clear_screen {
+            print!("{CLEAR_SCREEN}");
+        }
+        println!(
+            "status of {server} at {}, every {}; Ctrl-C stops",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            humantime::format_duration(interval)
+        );
+        if let Err(err) = print_status(&client, server, id).await {
+            println!("error: {err:#}");
+        }
+        if !clear_screen {
+            println!();
+        }
+        std::io::stdout().flush().context("writing to stdout")?;
+    }
+}
+
+async fn print_status(
+    client: &reqwest::Client,
+    server: &str,
+    id: Option<&str>,
+) -> anyhow::Result<()> {
     if let Some(id) = id {
         let url = format!("{server}/api/jobs/{}", id.trim_matches('/'));
         let response = client.get(&url).send().await.map_err(connect_error(&url))?;
         let job: JobStatus = check(response).await?.json().await?;
         print_job(&job);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     let url = format!("{server}/api/queue");
     let response = client.get(&url).send().await.map_err(connect_error(&url))?;
@@ -115,7 +229,7 @@ pub async fn status(server: &str, id: Option<&str>) -> anyhow::Result<ExitCode> 
             println!("  {}  {}", job.id, job.error.as_deref().unwrap_or("-"));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Lists failed jobs with their errors.

@@ -57,6 +57,69 @@ pub const KEYS: &[KeySpec] = &[
         help: "URL that CLI commands send requests to; empty means http:// plus server.listen",
     },
     KeySpec {
+        section: "server",
+        key: "max_body_bytes",
+        kind: Kind::Integer,
+        default: "16777216",
+        help: "largest trigger body in bytes; larger ones get 413",
+    },
+    KeySpec {
+        section: "server",
+        key: "max_batch_jobs",
+        kind: Kind::Integer,
+        default: "10000",
+        help: "most jobs in one trigger array; larger arrays get 413",
+    },
+    KeySpec {
+        section: "server",
+        key: "header_read_timeout",
+        kind: Kind::Duration,
+        default: "\"10s\"",
+        help: "time a client has to send the request headers before the connection is closed",
+    },
+    KeySpec {
+        section: "server",
+        key: "request_timeout",
+        kind: Kind::Duration,
+        default: "\"60s\"",
+        help: "time to read a request and reply before the server answers 408",
+    },
+    KeySpec {
+        section: "server",
+        key: "auth",
+        kind: Kind::String,
+        default: "\"none\"",
+        help: "\"none\" (loopback only unless allow_unauthenticated), \"token\" or \"jwt\"",
+    },
+    KeySpec {
+        section: "server",
+        key: "allow_unauthenticated",
+        kind: Kind::Boolean,
+        default: "false",
+        help: "allow auth = \"none\" on an address other than loopback",
+    },
+    KeySpec {
+        section: "server",
+        key: "token_file",
+        kind: Kind::String,
+        default: "\"\"",
+        help: "auth = \"token\": file with the accepted bearer tokens, one per line",
+    },
+    KeySpec {
+        section: "server",
+        key: "jwt_public_key",
+        kind: Kind::String,
+        default: "\"\"",
+        help: "auth = \"jwt\": base64 Ed25519 public key, as cc-backend's JWT_PUBLIC_KEY",
+    },
+    KeySpec {
+        section: "server",
+        key: "public_probes",
+        kind: Kind::Boolean,
+        default: "true",
+        help: "serve /metrics, /healthz and /readyz without authentication",
+    },
+    KeySpec {
         section: "store",
         key: "path",
         kind: Kind::String,
@@ -76,6 +139,20 @@ pub const KEYS: &[KeySpec] = &[
         kind: Kind::String,
         default: "\"fsync\"",
         help: "\"fsync\": a 202 means the job is on disk; \"os\": skips the disk sync, for benchmarks only",
+    },
+    KeySpec {
+        section: "store",
+        key: "max_queued_jobs",
+        kind: Kind::Integer,
+        default: "1000000",
+        help: "most queued jobs; triggers beyond it get 429 with Retry-After and store nothing",
+    },
+    KeySpec {
+        section: "store",
+        key: "min_free_bytes",
+        kind: Kind::Integer,
+        default: "1073741824",
+        help: "free space the store's filesystem keeps; below it triggers get 507 with Retry-After",
     },
     KeySpec {
         section: "archive",
@@ -113,6 +190,34 @@ pub const KEYS: &[KeySpec] = &[
         help: "how long shutdown waits for the current job before it leaves the job queued",
     },
     KeySpec {
+        section: "worker",
+        key: "job_timeout",
+        kind: Kind::Duration,
+        default: "\"10min\"",
+        help: "deadline of one attempt to archive a job; a job past it counts as a transient failure",
+    },
+    KeySpec {
+        section: "retry",
+        key: "max_attempts",
+        kind: Kind::Integer,
+        default: "5",
+        help: "attempts per job before a transient failure marks it failed",
+    },
+    KeySpec {
+        section: "retry",
+        key: "initial_backoff",
+        kind: Kind::Duration,
+        default: "\"10s\"",
+        help: "wait before the second attempt; it doubles per attempt, with jitter",
+    },
+    KeySpec {
+        section: "retry",
+        key: "max_backoff",
+        kind: Kind::Duration,
+        default: "\"10min\"",
+        help: "longest wait between attempts",
+    },
+    KeySpec {
         section: "metric_source",
         key: "kind",
         kind: Kind::String,
@@ -148,6 +253,13 @@ pub const KEYS: &[KeySpec] = &[
         help: "kind = \"cc-metric-store\": timeout of one query request",
     },
     KeySpec {
+        section: "client",
+        key: "token_file",
+        kind: Kind::String,
+        default: "\"\"",
+        help: "file with the bearer token that CLI commands send to the server; empty sends none",
+    },
+    KeySpec {
         section: "log",
         key: "format",
         kind: Kind::String,
@@ -163,7 +275,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub archive: ArchiveConfig,
     pub worker: WorkerConfig,
+    pub retry: RetryConfig,
     pub metric_source: MetricSourceConfig,
+    pub client: ClientConfig,
     pub log: LogConfig,
 }
 
@@ -172,6 +286,25 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Base URL for CLI requests, without a trailing slash.
     pub url: String,
+    pub max_body_bytes: usize,
+    pub max_batch_jobs: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub auth: AuthConfig,
+    /// Serve `/metrics`, `/healthz` and `/readyz` without authentication.
+    pub public_probes: bool,
+}
+
+/// How the API authenticates requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthConfig {
+    /// No authentication. Validation allows it only on a loopback address, unless
+    /// `allow_unauthenticated` is set.
+    None,
+    /// Bearer tokens, one per line of this file.
+    Token { file: PathBuf },
+    /// Ed25519-signed JWTs checked with this base64 public key.
+    Jwt { public_key: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +312,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub cache_bytes: u64,
     pub durability: Durability,
+    pub max_queued_jobs: u64,
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +327,21 @@ pub struct WorkerConfig {
     pub core_scope_max_nodes: u32,
     pub resolution: u32,
     pub shutdown_timeout: Duration,
+    pub job_timeout: Duration,
+}
+
+/// Retries of transient failures, with exponential backoff and jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// File with the bearer token the CLI sends, if any.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -396,6 +546,27 @@ impl Reader<'_> {
         }
     }
 
+    fn boolean(&mut self, section: &'static str, key: &'static str) -> bool {
+        match &self.raw(section, key).0 {
+            toml::Value::Boolean(value) => *value,
+            other => {
+                let message = format!("expected true or false, got {}", other.type_str());
+                self.problem(section, key, message);
+                false
+            }
+        }
+    }
+
+    fn optional_path(
+        &mut self,
+        section: &'static str,
+        key: &'static str,
+        base_dir: &Path,
+    ) -> Option<PathBuf> {
+        let text = self.string(section, key);
+        (!text.is_empty()).then(|| resolve(base_dir, &text))
+    }
+
     fn duration(&mut self, section: &'static str, key: &'static str) -> Duration {
         let text = self.string(section, key);
         match humantime::parse_duration(&text) {
@@ -451,6 +622,56 @@ fn validate(values: &Values, base_dir: &Path, problems: &mut Vec<String>) -> Opt
         read.problem("server", "url", format!("{url:?} is not a URL"));
     }
     let url = url.trim_end_matches('/').to_owned();
+    let max_body_bytes = read.integer("server", "max_body_bytes", 1024, 1 << 32) as usize;
+    let max_batch_jobs = read.integer("server", "max_batch_jobs", 1, 1 << 24) as usize;
+    let header_read_timeout = read.duration("server", "header_read_timeout");
+    let request_timeout = read.duration("server", "request_timeout");
+    let allow_unauthenticated = read.boolean("server", "allow_unauthenticated");
+    let public_probes = read.boolean("server", "public_probes");
+    let auth = match read.string("server", "auth").as_str() {
+        "none" => {
+            if !listen.ip().is_loopback() && !allow_unauthenticated {
+                let message = format!(
+                    "\"none\" is allowed only on a loopback address, but server.listen is {listen}; \
+                     set auth = \"token\" or \"jwt\", or allow_unauthenticated = true"
+                );
+                read.problem("server", "auth", message);
+            }
+            AuthConfig::None
+        }
+        "token" => match read.optional_path("server", "token_file", base_dir) {
+            Some(file) => AuthConfig::Token { file },
+            None => {
+                read.problem(
+                    "server",
+                    "token_file",
+                    "auth = \"token\" needs a token file".to_owned(),
+                );
+                AuthConfig::None
+            }
+        },
+        "jwt" => {
+            let public_key = read.string("server", "jwt_public_key");
+            if public_key.is_empty() {
+                read.problem(
+                    "server",
+                    "jwt_public_key",
+                    "auth = \"jwt\" needs the Ed25519 public key".to_owned(),
+                );
+            } else if let Err(err) = crate::auth::decode_public_key(&public_key) {
+                read.problem("server", "jwt_public_key", err);
+            }
+            AuthConfig::Jwt { public_key }
+        }
+        other => {
+            read.problem(
+                "server",
+                "auth",
+                format!("{other:?} is not \"none\", \"token\" or \"jwt\""),
+            );
+            AuthConfig::None
+        }
+    };
 
     let store_path = read.path("store", "path", base_dir);
     let cache_bytes = read.integer("store", "cache_bytes", 1 << 20, 1 << 40) as u64;
@@ -463,6 +684,9 @@ fn validate(values: &Values, base_dir: &Path, problems: &mut Vec<String>) -> Opt
         }
     };
 
+    let max_queued_jobs = read.integer("store", "max_queued_jobs", 1, i64::MAX) as u64;
+    let min_free_bytes = read.integer("store", "min_free_bytes", 0, i64::MAX) as u64;
+
     let archive_path = read.path("archive", "path", base_dir);
     let compress_threshold_bytes =
         read.integer("archive", "compress_threshold_bytes", 0, 1 << 40) as usize;
@@ -470,6 +694,17 @@ fn validate(values: &Values, base_dir: &Path, problems: &mut Vec<String>) -> Opt
     let core_scope_max_nodes = read.integer("worker", "core_scope_max_nodes", 0, 1 << 20) as u32;
     let resolution = read.integer("worker", "resolution", 0, 86_400) as u32;
     let shutdown_timeout = read.duration("worker", "shutdown_timeout");
+    let job_timeout = read.duration("worker", "job_timeout");
+    let max_attempts = read.integer("retry", "max_attempts", 1, 1000) as u32;
+    let initial_backoff = read.duration("retry", "initial_backoff");
+    let max_backoff = read.duration("retry", "max_backoff");
+    if max_backoff < initial_backoff {
+        read.problem(
+            "retry",
+            "max_backoff",
+            "must not be shorter than retry.initial_backoff".to_owned(),
+        );
+    }
 
     let metric_source = match read.string("metric_source", "kind").as_str() {
         "archive" => {
@@ -481,8 +716,7 @@ fn validate(values: &Values, base_dir: &Path, problems: &mut Vec<String>) -> Opt
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => (),
                 _ => read.problem("metric_source", "url", format!("{url:?} is not an http(s) URL")),
             }
-            let token_file = read.string("metric_source", "token_file");
-            let token_file = (!token_file.is_empty()).then(|| resolve(base_dir, &token_file));
+            let token_file = read.optional_path("metric_source", "token_file", base_dir);
             let timeout = read.duration("metric_source", "timeout");
             MetricSourceConfig::CcMetricStore {
                 url: url.trim_end_matches('/').to_owned(),
@@ -506,12 +740,31 @@ fn validate(values: &Values, base_dir: &Path, problems: &mut Vec<String>) -> Opt
         }
     };
 
+    let client = ClientConfig { token_file: read.optional_path("client", "token_file", base_dir) };
+
     Some(Config {
-        server: ServerConfig { listen, url },
-        store: StoreConfig { path: store_path, cache_bytes, durability },
+        server: ServerConfig {
+            listen,
+            url,
+            max_body_bytes,
+            max_batch_jobs,
+            header_read_timeout,
+            request_timeout,
+            auth,
+            public_probes,
+        },
+        store: StoreConfig {
+            path: store_path,
+            cache_bytes,
+            durability,
+            max_queued_jobs,
+            min_free_bytes,
+        },
         archive: ArchiveConfig { path: archive_path, compress_threshold_bytes },
-        worker: WorkerConfig { core_scope_max_nodes, resolution, shutdown_timeout },
+        worker: WorkerConfig { core_scope_max_nodes, resolution, shutdown_timeout, job_timeout },
+        retry: RetryConfig { max_attempts, initial_backoff, max_backoff },
         metric_source,
+        client,
         log: LogConfig { format },
     })
 }

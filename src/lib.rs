@@ -8,11 +8,13 @@
 pub mod api;
 pub mod archive;
 pub mod archiver;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod commit;
 pub mod config;
+pub mod http_server;
 pub mod job;
 pub mod job_data;
 pub mod metric_source;

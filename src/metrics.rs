@@ -1,8 +1,10 @@
-//! Prometheus metrics of the service, all prefixed `job_archiver_`.
+//! Prometheus metrics of the service, named `job_archiver_*`, plus the standard `process_*`
+//! metrics of the process collector.
 //!
 //! Labels take values from closed sets only (job states, failure steps, outcomes, rejection
-//! reasons), so the number of series does not grow with the number of jobs. Queue gauges are
-//! read from the store's persisted counters at each scrape, so they are right after a restart.
+//! reasons). Every labelled series is created at start, so the number of series does not grow
+//! with the number of jobs. Queue gauges are read from the store's persisted counters at each
+//! scrape, so they are right after a restart.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use prometheus::{
 
 use crate::archiver::Step;
 use crate::job::JobState;
+use crate::metric_source::cc_metric_store::RequestOutcome;
 use crate::queue::QueueStats;
 use crate::store::JobRecord;
 
@@ -37,7 +40,10 @@ const ACK_BUCKETS: &[f64] = &[
 /// Every metric's name, help and buckets are constants that the crate accepts.
 const STATIC_OPTIONS: &str = "static metric options are valid";
 
-/// Why a trigger was rejected; a closed set of label values.
+/// The `outcome` label values of `job_archiver_archive_duration_seconds`.
+const ARCHIVE_OUTCOMES: [&str; 2] = ["archived", "failed"];
+
+/// Reason for rejecting a trigger. Its names are the `reason` label values, so the set is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     InvalidJson,
@@ -45,9 +51,20 @@ pub enum RejectReason {
     TooLarge,
     ShuttingDown,
     StoreError,
+    /// The queue limit or the free-disk floor was reached.
+    QueueFull,
 }
 
 impl RejectReason {
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::InvalidJson,
+        RejectReason::InvalidJob,
+        RejectReason::TooLarge,
+        RejectReason::ShuttingDown,
+        RejectReason::StoreError,
+        RejectReason::QueueFull,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::InvalidJson => "invalid_json",
@@ -55,6 +72,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::ShuttingDown => "shutting_down",
             RejectReason::StoreError => "store_error",
+            RejectReason::QueueFull => "queue_full",
         }
     }
 }
@@ -75,98 +93,101 @@ pub struct Metrics {
     pub failed: IntCounterVec,
     pub retries: IntCounter,
     pub archived_bytes: IntCounter,
+    /// Requests to cc-metric-store by [`RequestOutcome`]; the client increments it.
     pub metric_store_requests: IntCounterVec,
     pub rejected: IntCounterVec,
     pub shutdown_timeouts: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub retries_scheduled: IntCounter,
+    pub archive_degraded: IntGauge,
 }
 
 impl Metrics {
-    /// Creates and registers every metric, with the process collector.
+    /// Creates and registers every metric, with the process collector on Linux.
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("job_archiver".to_owned()), None)
-            .expect("the prefix is a valid metric name");
         let metrics = Metrics {
-            queued_jobs: IntGauge::new("queued_jobs", "Jobs waiting in the queue.")
-                .expect(STATIC_OPTIONS),
-            jobs: IntGaugeVec::new(Opts::new("jobs", "Jobs in the store per state."), &["state"])
-                .expect(STATIC_OPTIONS),
-            oldest_queued: IntGauge::new(
-                "oldest_queued_job_timestamp_seconds",
-                "Unix time when the oldest queued job was accepted; 0 when the queue is empty.",
-            )
-            .expect(STATIC_OPTIONS),
-            worker_busy: IntGauge::new("worker_busy", "1 while the worker archives a job.")
-                .expect(STATIC_OPTIONS),
+            queued_jobs: gauge("job_archiver_queued_jobs", "Jobs waiting in the queue."),
+            jobs: gauge_vec("job_archiver_jobs", "Jobs in the store per state.", "state"),
+            oldest_queued: gauge(
+                "job_archiver_oldest_queued_job_timestamp_seconds",
+                "Unix time when the oldest job in the queue (queued or archiving) was accepted; \
+                 0 when the queue is empty.",
+            ),
+            worker_busy: gauge("job_archiver_worker_busy", "1 while the worker archives a job."),
             archive_duration: HistogramVec::new(
                 HistogramOpts::new(
-                    "archive_duration_seconds",
+                    "job_archiver_archive_duration_seconds",
                     "Time to archive one job, from claim to the outcome, by outcome.",
                 )
                 .buckets(ARCHIVE_BUCKETS.to_vec()),
                 &["outcome"],
             )
             .expect(STATIC_OPTIONS),
-            lag: Histogram::with_opts(
-                HistogramOpts::new(
-                    "archive_lag_seconds",
-                    "Time from a job's end (startTime + duration) to its archived moment.",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-            )
-            .expect(STATIC_OPTIONS),
-            queue_wait: Histogram::with_opts(
-                HistogramOpts::new(
-                    "queue_wait_seconds",
-                    "Time from a job's acceptance to the start of its last attempt.",
-                )
-                .buckets(WAIT_BUCKETS.to_vec()),
-            )
-            .expect(STATIC_OPTIONS),
-            ack_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "trigger_ack_duration_seconds",
-                    "Time from receiving a trigger to its durable reply.",
-                )
-                .buckets(ACK_BUCKETS.to_vec()),
-            )
-            .expect(STATIC_OPTIONS),
-            accepted: IntCounter::new("jobs_accepted_total", "Jobs newly queued by triggers.")
-                .expect(STATIC_OPTIONS),
-            archived: IntCounter::new("jobs_archived_total", "Jobs archived.")
-                .expect(STATIC_OPTIONS),
-            failed: IntCounterVec::new(
-                Opts::new("jobs_failed_total", "Jobs marked failed, by failing step."),
-                &["step"],
-            )
-            .expect(STATIC_OPTIONS),
-            retries: IntCounter::new("job_retries_total", "Failed jobs queued again.")
-                .expect(STATIC_OPTIONS),
-            archived_bytes: IntCounter::new(
-                "archived_bytes_total",
+            lag: histogram(
+                "job_archiver_archive_lag_seconds",
+                "Time from a job's end (startTime + duration) to the moment it was archived.",
+                WAIT_BUCKETS,
+            ),
+            queue_wait: histogram(
+                "job_archiver_queue_wait_seconds",
+                "Time from an archived job's acceptance to the start of its successful attempt.",
+                WAIT_BUCKETS,
+            ),
+            ack_duration: histogram(
+                "job_archiver_trigger_ack_duration_seconds",
+                "Time from receiving a trigger to its durable reply.",
+                ACK_BUCKETS,
+            ),
+            accepted: counter(
+                "job_archiver_jobs_accepted_total",
+                "Jobs newly queued by HTTP triggers, including failed jobs triggered again.",
+            ),
+            archived: counter("job_archiver_jobs_archived_total", "Jobs archived."),
+            failed: counter_vec(
+                "job_archiver_jobs_failed_total",
+                "Jobs marked failed, by failing step.",
+                "step",
+            ),
+            retries: counter(
+                "job_archiver_job_retries_total",
+                "Failed jobs queued again by a retry request.",
+            ),
+            archived_bytes: counter(
+                "job_archiver_archived_bytes_total",
                 "Bytes of meta.json and data files written to the job-archive.",
-            )
-            .expect(STATIC_OPTIONS),
-            metric_store_requests: IntCounterVec::new(
-                Opts::new(
-                    "metric_store_requests_total",
-                    "Requests to the metric source, by outcome.",
-                ),
-                &["outcome"],
-            )
-            .expect(STATIC_OPTIONS),
-            rejected: IntCounterVec::new(
-                Opts::new("triggers_rejected_total", "Trigger requests rejected, by reason."),
-                &["reason"],
-            )
-            .expect(STATIC_OPTIONS),
-            shutdown_timeouts: IntCounter::new(
-                "shutdown_timeouts_total",
+            ),
+            metric_store_requests: counter_vec(
+                "job_archiver_metric_store_requests_total",
+                "Query requests to cc-metric-store, by outcome.",
+                "outcome",
+            ),
+            rejected: counter_vec(
+                "job_archiver_triggers_rejected_total",
+                "Trigger requests rejected, by reason.",
+                "reason",
+            ),
+            shutdown_timeouts: counter(
+                "job_archiver_shutdown_timeouts_total",
                 "Shutdowns that cancelled the current job after the shutdown timeout.",
+            ),
+            auth_failures: counter_vec(
+                "job_archiver_auth_failures_total",
+                "API requests rejected with 401, by reason.",
+                "reason",
+            ),
+            retries_scheduled: counter(
+                "job_archiver_retries_scheduled_total",
+                "Attempts that failed transiently and were scheduled to run again after a backoff.",
+            ),
+            archive_degraded: IntGauge::new(
+                "job_archiver_archive_degraded",
+                "1 while the last archive read or write failed with an I/O error.",
             )
             .expect(STATIC_OPTIONS),
-            registry,
+            registry: Registry::new(),
         };
         metrics.register_all();
+        metrics.create_labelled_series();
         metrics
     }
 
@@ -188,31 +209,49 @@ impl Metrics {
             Box::new(self.metric_store_requests.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.shutdown_timeouts.clone()),
+            Box::new(self.auth_failures.clone()),
+            Box::new(self.retries_scheduled.clone()),
+            Box::new(self.archive_degraded.clone()),
         ];
         for collector in collectors {
             self.registry.register(collector).expect("metric names are unique");
         }
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Version of the running job-archiver; always 1."),
-            &["version"],
-        )
-        .expect(STATIC_OPTIONS);
+        let build_info = gauge_vec(
+            "job_archiver_build_info",
+            "Version of the running job-archiver; always 1.",
+            "version",
+        );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         self.registry.register(Box::new(build_info)).expect("metric names are unique");
+        // The collector reads /proc/self, so it exists on Linux only. Its metrics keep their
+        // standard `process_*` names, which dashboards for any service use.
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
             self.registry.register(Box::new(process)).expect("metric names are unique");
         }
-        // Create the labelled series up front, so dashboards see zeros instead of gaps.
+    }
+
+    /// Creates every labelled series with its value 0, so that dashboards and alerts see zeros
+    /// instead of gaps, and the series count is the same from the first scrape on.
+    fn create_labelled_series(&self) {
         for state in JobState::ALL {
             self.jobs.with_label_values(&[state.as_str()]);
         }
         for step in Step::ALL {
             self.failed.with_label_values(&[step.as_str()]);
         }
-        for outcome in ["archived", "failed"] {
+        for outcome in ARCHIVE_OUTCOMES {
             self.archive_duration.with_label_values(&[outcome]);
+        }
+        for outcome in RequestOutcome::ALL {
+            self.metric_store_requests.with_label_values(&[outcome.as_str()]);
+        }
+        for reason in RejectReason::ALL {
+            self.rejected.with_label_values(&[reason.as_str()]);
+        }
+        for failure in crate::auth::AuthFailure::ALL {
+            self.auth_failures.with_label_values(&[failure.as_str()]);
         }
     }
 
@@ -261,5 +300,71 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
+    }
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect(STATIC_OPTIONS)
+}
+
+fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &[label]).expect(STATIC_OPTIONS)
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect(STATIC_OPTIONS)
+}
+
+fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), &[label]).expect(STATIC_OPTIONS)
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect(STATIC_OPTIONS)
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::proto::MetricType;
+
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new();
+        for family in metrics.registry.gather() {
+            let name = family.name();
+            let is_counter = family.get_field_type() == MetricType::COUNTER;
+            assert!(
+                name.starts_with("job_archiver_") || name.starts_with("process_"),
+                "metric {name} has neither the job_archiver_ nor the process_ prefix"
+            );
+            assert_eq!(
+                name.ends_with("_total"),
+                is_counter,
+                "metric {name}: only counters, and every counter, end in _total"
+            );
+            assert!(!family.help().is_empty(), "metric {name} has no help text");
+        }
+    }
+
+    #[test]
+    fn labelled_series_exist_from_start() {
+        let metrics = Metrics::new();
+        let text = String::from_utf8(metrics.encode()).expect("the text format is UTF-8");
+        let expected = [
+            "job_archiver_jobs{state=\"archiving\"} 0",
+            "job_archiver_jobs_failed_total{step=\"internal\"} 0",
+            "job_archiver_archive_duration_seconds_count{outcome=\"failed\"} 0",
+            "job_archiver_metric_store_requests_total{outcome=\"unreachable\"} 0",
+            "job_archiver_triggers_rejected_total{reason=\"shutting_down\"} 0",
+        ];
+        for line in expected {
+            assert!(
+                text.lines().any(|candidate| candidate == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
     }
 }

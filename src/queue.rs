@@ -28,6 +28,12 @@ pub enum QueueError {
     Sync(#[from] SyncFailed),
     #[error("store task failed: {0}")]
     Task(String),
+    /// The store's filesystem has less free space than the configured floor.
+    #[error(
+        "store {path}: {available} bytes free, below the floor of {floor} (store.min_free_bytes); \
+         free disk space, then send the jobs again"
+    )]
+    DiskLow { path: String, available: u64, floor: u64 },
 }
 
 impl QueueError {
@@ -42,6 +48,12 @@ impl QueueError {
                     | StoreError::RecordTooLarge { .. }
             )
         )
+    }
+
+    /// Returns true if and only if the queue refused new work for lack of room (the queue
+    /// limit or the free-disk floor); the caller should send the jobs again later.
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, QueueError::Store(StoreError::QueueFull { .. }) | QueueError::DiskLow { .. })
     }
 }
 
@@ -87,6 +99,19 @@ pub trait JobQueue: Send + Sync {
         step: &str,
     ) -> Result<JobRecord, QueueError>;
 
+    /// Puts a claimed job back to `queued`, to be taken again at `retry_at_ms` (ms since the
+    /// Unix epoch), and records the attempt's error. Other jobs are taken meanwhile.
+    async fn schedule_retry(
+        &self,
+        key: &str,
+        message: &str,
+        step: &str,
+        retry_at_ms: i64,
+    ) -> Result<JobRecord, QueueError>;
+
+    /// Due time of the earliest job waiting for a retry, in ms since the Unix epoch.
+    fn next_retry_due(&self) -> Result<Option<i64>, QueueError>;
+
     /// Puts a claimed job back to `queued` at its old position without counting the attempt.
     async fn release(&self, key: &str) -> Result<JobRecord, QueueError>;
 
@@ -115,17 +140,53 @@ pub trait JobQueue: Send + Sync {
     async fn work_available(&self);
 }
 
+/// Room the queue keeps: triggers beyond either limit are refused, never blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most jobs in state `queued` at once.
+    pub max_queued_jobs: u64,
+    /// Least free space on the store's filesystem, in bytes, for new jobs to be accepted.
+    pub min_free_bytes: u64,
+}
+
+impl QueueLimits {
+    /// No limits, for tools and tests that fill a store on purpose.
+    pub const NONE: QueueLimits = QueueLimits { max_queued_jobs: u64::MAX, min_free_bytes: 0 };
+}
+
 /// [`JobQueue`] on the local sled store.
 pub struct SledQueue {
     store: Arc<Store>,
     commit: GroupCommit,
     new_work: Notify,
+    limits: QueueLimits,
 }
 
 impl SledQueue {
-    pub fn new(store: Arc<Store>, durability: Durability) -> SledQueue {
+    pub fn new(store: Arc<Store>, durability: Durability, limits: QueueLimits) -> SledQueue {
         let commit = GroupCommit::start(Arc::clone(&store), durability);
-        SledQueue { store, commit, new_work: Notify::new() }
+        SledQueue { store, commit, new_work: Notify::new(), limits }
+    }
+
+    /// Fails when the store's filesystem has less free space than the floor.
+    fn check_free_space(&self) -> Result<(), QueueError> {
+        if self.limits.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let path = self.store.path();
+        let stat = nix::sys::statvfs::statvfs(path).map_err(|err| {
+            QueueError::Task(format!("store {}: cannot read free space: {err}", path.display()))
+        })?;
+        let available =
+            (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+        if available < self.limits.min_free_bytes {
+            return Err(QueueError::DiskLow {
+                path: path.display().to_string(),
+                available,
+                floor: self.limits.min_free_bytes,
+            });
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -154,7 +215,10 @@ impl JobQueue for SledQueue {
                 serde_json::to_vec(&job.raw).map_err(|err| QueueError::Task(err.to_string()))?;
             entries.push((job.id.clone(), job.end_time(), meta));
         }
-        let outcomes = self.blocking(move |store| store.enqueue(&entries, now_ms())).await?;
+        self.check_free_space()?;
+        let max_queued = self.limits.max_queued_jobs;
+        let outcomes =
+            self.blocking(move |store| store.enqueue(&entries, now_ms(), max_queued)).await?;
         if outcomes.contains(&Enqueued::Queued) {
             self.commit.wait_durable().await?;
             self.new_work.notify_one();
@@ -164,20 +228,12 @@ impl JobQueue for SledQueue {
 
     async fn claim_next(&self) -> Result<Option<ClaimedJob>, QueueError> {
         self.blocking(|store| {
-            // Entries of jobs that are not queued are skipped; with one worker the head is
-            // always queued, but a stale entry must not stop the queue.
-            for entry in store.queue_entries(None) {
-                let (_, key) = entry?;
-                match store.get(&key)? {
-                    Some(record) if record.state == JobState::Queued => {
-                        let record = store.start_attempt(&key, now_ms())?;
-                        store.flush_to_os()?;
-                        return Ok(Some(ClaimedJob { key, record }));
-                    }
-                    _ => continue,
-                }
-            }
-            Ok(None)
+            let Some(key) = store.next_to_claim(now_ms())? else {
+                return Ok(None);
+            };
+            let record = store.start_attempt(&key, now_ms())?;
+            store.flush_to_os()?;
+            Ok(Some(ClaimedJob { key, record }))
         })
         .await
     }
@@ -211,6 +267,26 @@ impl JobQueue for SledQueue {
             Ok(record)
         })
         .await
+    }
+
+    async fn schedule_retry(
+        &self,
+        key: &str,
+        message: &str,
+        step: &str,
+        retry_at_ms: i64,
+    ) -> Result<JobRecord, QueueError> {
+        let (key, message, step) = (key.to_owned(), message.to_owned(), step.to_owned());
+        self.blocking(move |store| {
+            let record = store.schedule_retry(&key, &message, &step, retry_at_ms, now_ms())?;
+            store.flush_to_os()?;
+            Ok(record)
+        })
+        .await
+    }
+
+    fn next_retry_due(&self) -> Result<Option<i64>, QueueError> {
+        Ok(self.store.next_retry_due()?)
     }
 
     async fn release(&self, key: &str) -> Result<JobRecord, QueueError> {
@@ -295,10 +371,7 @@ impl JobQueue for SledQueue {
 
     fn stats(&self) -> Result<QueueStats, QueueError> {
         let counts = self.store.counts()?;
-        let oldest_enqueued_at_ms = match self.store.first_in_queue()? {
-            Some((_, key)) => self.store.get(&key)?.map(|record| record.enqueued_at_ms),
-            None => None,
-        };
+        let oldest_enqueued_at_ms = self.store.oldest_queued()?.map(|record| record.enqueued_at_ms);
         Ok(QueueStats { counts, oldest_enqueued_at_ms })
     }
 

@@ -10,18 +10,20 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::{self, AppState, Health};
+use crate::api::{self, ApiLimits, AppState, Health};
 use crate::archive::fs::FsArchive;
 use crate::archive::ArchiveWriter;
 use crate::archiver::ArchiveSettings;
+use crate::auth::Authenticator;
 use crate::commit::Durability;
 use crate::config::{Config, MetricSourceConfig};
+use crate::http_server;
 use crate::job::{JobMeta, JobState};
 use crate::metric_source::archive::ArchiveReplay;
 use crate::metric_source::cc_metric_store::CcMetricStore;
 use crate::metric_source::MetricSource;
 use crate::metrics::Metrics;
-use crate::queue::{JobQueue, SledQueue};
+use crate::queue::{JobQueue, QueueLimits, SledQueue};
 use crate::store::{Enqueued, Store};
 use crate::worker::{Outcome, RunMode, Worker};
 
@@ -31,6 +33,7 @@ pub struct Components {
     pub source: Arc<dyn MetricSource>,
     pub writer: Arc<dyn ArchiveWriter>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 impl Components {
@@ -44,11 +47,22 @@ impl Components {
             );
         }
         let store = Store::open(&config.store.path, config.store.cache_bytes)?;
-        let queue = Arc::new(SledQueue::new(Arc::new(store), config.store.durability));
-        let writer: Arc<dyn ArchiveWriter> = Arc::new(
-            FsArchive::open(&config.archive.path)
-                .with_context(|| format!("archive {}", config.archive.path.display()))?,
-        );
+        let limits = QueueLimits {
+            max_queued_jobs: config.store.max_queued_jobs,
+            min_free_bytes: config.store.min_free_bytes,
+        };
+        let queue = Arc::new(SledQueue::new(Arc::new(store), config.store.durability, limits));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        // An archive root that cannot be used yet does not stop the service: jobs are queued,
+        // and each write tries the root again.
+        let archive = FsArchive::new(&config.archive.path);
+        if let Err(err) = archive.ensure_root() {
+            tracing::error!(error = %err, "the archive cannot be used yet; jobs stay queued and are retried");
+            health.set_archive_problem(Some(err.to_string()));
+            metrics.archive_degraded.set(1);
+        }
+        let writer: Arc<dyn ArchiveWriter> = Arc::new(archive);
         let source: Arc<dyn MetricSource> = match &config.metric_source {
             MetricSourceConfig::Archive { path } => Arc::new(ArchiveReplay::new(path.clone())),
             MetricSourceConfig::CcMetricStore { url, token_file, timeout } => {
@@ -56,13 +70,12 @@ impl Components {
                     Some(path) => Some(read_token(path)?),
                     None => None,
                 };
-                Arc::new(
-                    CcMetricStore::new(url, token, *timeout)
-                        .map_err(|err| anyhow::format_err!("metric_source.url {url}: {err}"))?,
-                )
+                let store = CcMetricStore::new(url, token, *timeout)
+                    .map_err(|err| anyhow::format_err!("metric_source: {err}"))?;
+                Arc::new(store.with_request_counter(metrics.metric_store_requests.clone()))
             }
         };
-        Ok(Components { queue, source, writer, metrics: Arc::new(Metrics::new()) })
+        Ok(Components { queue, source, writer, metrics, health })
     }
 
     fn worker(&self, config: &Config) -> Worker {
@@ -77,6 +90,9 @@ impl Components {
             },
             metrics: Arc::clone(&self.metrics),
             shutdown_timeout: config.worker.shutdown_timeout,
+            job_timeout: config.worker.job_timeout,
+            retry: config.retry,
+            health: Arc::clone(&self.health),
         }
     }
 }
@@ -100,8 +116,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = &'static str> + Send,
 ) -> anyhow::Result<()> {
-    let health = Arc::new(Health::default());
+    let health = Arc::clone(&components.health);
     let queue: Arc<dyn JobQueue> = components.queue.clone();
+    let auth = Authenticator::from_config(&config.server.auth)?;
 
     let recovered = queue.recover().await.context("recovering jobs of the last run")?;
     let stats = queue.stats()?;
@@ -116,39 +133,53 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = components.worker(config);
-    let worker_task =
+    let mut worker_task =
         tokio::spawn(async move { worker.run(RunMode::UntilStopped, stop_rx, None).await });
 
     let state = Arc::new(AppState {
         queue: Arc::clone(&queue),
         metrics: Arc::clone(&components.metrics),
         health: Arc::clone(&health),
+        auth,
+        limits: ApiLimits {
+            max_body_bytes: config.server.max_body_bytes,
+            max_batch_jobs: config.server.max_batch_jobs,
+            request_timeout: config.server.request_timeout,
+            public_probes: config.server.public_probes,
+        },
     });
-    let app = api::router(state, api::DEFAULT_BODY_LIMIT);
+    let app = api::router(state);
     let (server_stop_tx, mut server_stop_rx) = watch::channel(false);
+    let header_read_timeout = config.server.header_read_timeout;
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop_rx.wait_for(|stop| *stop).await;
-            })
-            .await
+        http_server::serve(listener, app, header_read_timeout, async move {
+            let _ = server_stop_rx.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     tracing::info!("ready");
 
-    let signal = shutdown.await;
-    tracing::info!(signal, "shutting down: new triggers get 503, the current job may finish");
-    health.set_shutting_down();
-    let _ = stop_tx.send(true);
-    match worker_task.await {
-        Ok(Ok(())) => (),
-        Ok(Err(err)) => tracing::error!(error = %err, "the worker stopped on a store error"),
-        Err(err) => tracing::error!(error = %err, "the worker task failed"),
-    }
+    // The worker ends on its own only when the store fails; the service then stops too,
+    // because it could no longer archive what it acknowledges.
+    let worker_error = tokio::select! {
+        signal = shutdown => {
+            tracing::info!(signal, "shutting down: new triggers get 503, the current job may finish");
+            health.set_shutting_down();
+            let _ = stop_tx.send(true);
+            join_worker(&mut worker_task).await
+        }
+        joined = &mut worker_task => {
+            health.set_shutting_down();
+            Some(match joined {
+                Ok(Ok(())) => anyhow::format_err!("the worker stopped unexpectedly"),
+                Ok(Err(err)) => anyhow::Error::new(err),
+                Err(err) => anyhow::format_err!("the worker task failed: {err}"),
+            })
+        }
+    };
     let _ = server_stop_tx.send(true);
-    match server.await {
-        Ok(Ok(())) => (),
-        Ok(Err(err)) => tracing::error!(error = %err, "the HTTP server failed"),
-        Err(err) => tracing::error!(error = %err, "the HTTP server task failed"),
+    if let Err(err) = server.await {
+        tracing::error!(error = %err, "the HTTP server task failed");
     }
 
     let store = Arc::clone(components.queue.store());
@@ -160,7 +191,22 @@ pub async fn serve(
         "stopped; {} jobs remain queued",
         stats.counts.queued
     );
-    Ok(())
+    match worker_error {
+        Some(err) => {
+            Err(err.context("the worker stopped on a store error; run `job-archiver check`"))
+        }
+        None => Ok(()),
+    }
+}
+
+async fn join_worker(
+    worker_task: &mut tokio::task::JoinHandle<Result<(), crate::queue::QueueError>>,
+) -> Option<anyhow::Error> {
+    match worker_task.await {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => Some(anyhow::Error::new(err)),
+        Err(err) => Some(anyhow::format_err!("the worker task failed: {err}")),
+    }
 }
 
 /// Result of the `archive` command, per job and in total.
@@ -184,7 +230,7 @@ pub struct JobFile {
 
 /// Reads job files: each argument is a `.json` file or a folder searched recursively for them,
 /// in name order. Each file holds one job object or an array of jobs.
-pub fn read_job_files(paths: &[PathBuf]) -> anyhow::Result<Vec<JobFile>> {
+pub fn read_job_files(paths: &[PathBuf], max_batch_jobs: usize) -> anyhow::Result<Vec<JobFile>> {
     let mut files = Vec::new();
     for path in paths {
         let metadata =
@@ -200,7 +246,7 @@ pub fn read_job_files(paths: &[PathBuf]) -> anyhow::Result<Vec<JobFile>> {
         .map(|path| {
             let jobs = std::fs::read(&path).map_err(|err| format!("cannot read: {err}")).and_then(
                 |bytes| {
-                    api::parse_trigger_body(&bytes)
+                    api::parse_trigger_body(&bytes, max_batch_jobs)
                         .map(|(jobs, _)| jobs)
                         .map_err(|(_, err)| err.message().to_owned())
                 },

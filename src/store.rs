@@ -5,9 +5,14 @@
 //! the record, its queue entry, its index entry and the counts never disagree. A write is in
 //! sled's memory when a method returns; [`Store::sync`] makes everything written so far durable.
 //!
+//! Invariant: a job that is `queued` or `archiving` has exactly one entry, in `queue` or in
+//! `delayed`; `archived` and `failed` jobs have none.
+//!
 //! Trees and keys:
 //! - `jobs`: job id (`cluster/jobId/startTime`) to a versioned [`JobRecord`].
 //! - `queue`: sequence number (u64, big-endian) to job id; acceptance order, oldest first.
+//! - `delayed`: due time (ms, u64 big-endian) and sequence number to job id; jobs waiting for a
+//!   retry, and jobs put back by recovery with due time 0, which the worker takes first.
 //! - `by_state`: one state byte followed by the job id, to nothing; lists jobs of one state.
 //! - `counts`: state name to a u64 count (big-endian).
 
@@ -43,6 +48,9 @@ pub struct JobRecord {
     pub attempts: u32,
     /// Queue position while queued or archiving; meaningless otherwise.
     pub seq: u64,
+    /// When set, the job's entry is in `delayed` with this due time (ms since the Unix epoch)
+    /// instead of in `queue`.
+    pub retry_at_ms: Option<i64>,
     /// When the trigger was accepted, in milliseconds since the Unix epoch.
     pub enqueued_at_ms: i64,
     /// When the last attempt started.
@@ -91,6 +99,28 @@ impl StateCounts {
     }
 }
 
+impl StateCounts {
+    fn get_mut(&mut self, state: JobState) -> &mut u64 {
+        match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Archiving => &mut self.archiving,
+            JobState::Archived => &mut self.archived,
+            JobState::Failed => &mut self.failed,
+        }
+    }
+}
+
+/// Result of [`Store::check`].
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Records read.
+    pub records: u64,
+    /// Jobs per state, counted from the records.
+    pub counts: StateCounts,
+    /// One line per disagreement found; empty for a sound store.
+    pub problems: Vec<String>,
+}
+
 /// What happened to one job of an enqueue call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
@@ -125,6 +155,11 @@ pub enum StoreError {
     RecordTooLarge { id: String, bytes: usize },
     #[error("job {id}: not found")]
     NotFound { id: String },
+    #[error(
+        "queue full: {queued} jobs queued, the limit is {limit} (store.max_queued_jobs); send \
+         the jobs again later"
+    )]
+    QueueFull { queued: u64, limit: u64 },
     #[error("job {id}: is {state}, expected {expected}")]
     WrongState { id: String, state: JobState, expected: &'static str },
 }
@@ -135,6 +170,7 @@ pub struct Store {
     db: sled::Db,
     jobs: Tree,
     queue: Tree,
+    delayed: Tree,
     by_state: Tree,
     counts: Tree,
     /// sled's log file, opened a second time: `sync_data` on it flushes the same inode that
@@ -181,6 +217,7 @@ impl Store {
             path: path.to_owned(),
             jobs: db.open_tree("jobs")?,
             queue: db.open_tree("queue")?,
+            delayed: db.open_tree("delayed")?,
             by_state: db.open_tree("by_state")?,
             counts: db.open_tree("counts")?,
             db,
@@ -211,10 +248,14 @@ impl Store {
     /// Queues jobs in one transaction, in the given order. A job that is already queued,
     /// archiving or archived is left as it is; a failed one is queued again at the tail.
     /// Each job comes as its id, its end time and its `meta.json` body.
+    ///
+    /// Fails with [`StoreError::QueueFull`], writing nothing, when the newly queued jobs would
+    /// bring the queued count above `max_queued`.
     pub fn enqueue(
         &self,
         jobs: &[(JobId, i64, Vec<u8>)],
         now_ms: i64,
+        max_queued: u64,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let mut prepared = Vec::with_capacity(jobs.len());
         for (id, end_time, meta) in jobs {
@@ -222,6 +263,7 @@ impl Store {
                 state: JobState::Queued,
                 attempts: 0,
                 seq: 0,
+                retry_at_ms: None,
                 enqueued_at_ms: now_ms,
                 started_at_ms: None,
                 archived_at_ms: None,
@@ -240,6 +282,7 @@ impl Store {
             prepared.push((id.to_string(), record));
         }
         self.transact(|tx| {
+            let mut queued = tx.count(JobState::Queued)?;
             let mut outcomes = Vec::with_capacity(prepared.len());
             for (key, record) in &prepared {
                 let previous = tx.get_record(key)?;
@@ -249,6 +292,10 @@ impl Store {
                         continue;
                     }
                 }
+                if queued >= max_queued {
+                    return tx.abort(StoreError::QueueFull { queued, limit: max_queued });
+                }
+                queued += 1;
                 let mut record = record.clone();
                 record.seq = tx.queue.generate_id()?;
                 let old_state = previous.as_ref().map(|previous| previous.state);
@@ -262,21 +309,39 @@ impl Store {
         })
     }
 
-    /// The oldest queue entry: its sequence number and job id.
-    pub fn first_in_queue(&self) -> Result<Option<(u64, String)>, StoreError> {
-        self.queue_entries(None).next().transpose()
+    /// The next job the worker should take at `now_ms`: the earliest due entry of `delayed`
+    /// (recovered jobs are due at 0), else the head of `queue`.
+    pub fn next_to_claim(&self, now_ms: i64) -> Result<Option<String>, StoreError> {
+        if let Some((key, value)) = self.delayed.first()? {
+            if decode_u64(&key[..8]) as i64 <= now_ms {
+                return Ok(Some(String::from_utf8_lossy(&value).into_owned()));
+            }
+        }
+        match self.queue.first()? {
+            Some((_, value)) => Ok(Some(String::from_utf8_lossy(&value).into_owned())),
+            None => Ok(None),
+        }
     }
 
-    /// Queue entries in order, starting after sequence number `after`.
-    pub fn queue_entries(
-        &self,
-        after: Option<u64>,
-    ) -> impl Iterator<Item = Result<(u64, String), StoreError>> + '_ {
-        let start = after.map(|seq| seq.saturating_add(1)).unwrap_or(0);
-        self.queue.range(start.to_be_bytes()..).map(|entry| {
-            let (key, value) = entry?;
-            Ok((decode_seq(&key), String::from_utf8_lossy(&value).into_owned()))
-        })
+    /// Due time of the earliest job waiting for a retry, if any.
+    pub fn next_retry_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.delayed.first()?.map(|(key, _)| decode_u64(&key[..8]) as i64))
+    }
+
+    /// The queued job that was accepted first, among the head of the queue and the first job
+    /// waiting for a retry.
+    pub fn oldest_queued(&self) -> Result<Option<JobRecord>, StoreError> {
+        let mut oldest: Option<JobRecord> = None;
+        let heads = [self.queue.first()?, self.delayed.first()?];
+        for (_, key) in heads.into_iter().flatten() {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if let Some(record) = self.get(&key)? {
+                if oldest.as_ref().is_none_or(|o| record.enqueued_at_ms < o.enqueued_at_ms) {
+                    oldest = Some(record);
+                }
+            }
+        }
+        Ok(oldest)
     }
 
     /// Marks a queued job `archiving` and counts the attempt, stamping `started_at_ms`.
@@ -309,7 +374,8 @@ impl Store {
     ) -> Result<JobRecord, StoreError> {
         self.transact(|tx| {
             let mut record = tx.require_state(key, JobState::Archiving)?;
-            tx.queue.remove(&record.seq.to_be_bytes())?;
+            tx.remove_entry(&record)?;
+            record.retry_at_ms = None;
             record.state = JobState::Archived;
             record.archived_at_ms = Some(now_ms);
             record.archive_path = Some(path.clone());
@@ -331,9 +397,32 @@ impl Store {
     ) -> Result<JobRecord, StoreError> {
         self.transact(|tx| {
             let mut record = tx.require_state(key, JobState::Archiving)?;
-            tx.queue.remove(&record.seq.to_be_bytes())?;
+            tx.remove_entry(&record)?;
+            record.retry_at_ms = None;
             record.state = JobState::Failed;
             record.failure = Some(next_failure(record.failure.take(), message, step, now_ms));
+            tx.update(key, JobState::Archiving, &record)?;
+            Ok(record)
+        })
+    }
+
+    /// Puts an archiving job back to `queued`, due again at `retry_at_ms`, and records the
+    /// error of the attempt. The job waits in `delayed`, so it does not hold up the queue.
+    pub fn schedule_retry(
+        &self,
+        key: &str,
+        message: &str,
+        step: &str,
+        retry_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<JobRecord, StoreError> {
+        self.transact(|tx| {
+            let mut record = tx.require_state(key, JobState::Archiving)?;
+            tx.remove_entry(&record)?;
+            record.state = JobState::Queued;
+            record.retry_at_ms = Some(retry_at_ms);
+            record.failure = Some(next_failure(record.failure.take(), message, step, now_ms));
+            tx.delayed.insert(delayed_key(retry_at_ms, record.seq), key.as_bytes())?;
             tx.update(key, JobState::Archiving, &record)?;
             Ok(record)
         })
@@ -359,6 +448,7 @@ impl Store {
             let mut record = tx.require_state(key, JobState::Failed)?;
             record.state = JobState::Queued;
             record.attempts = 0;
+            record.retry_at_ms = None;
             record.seq = tx.queue.generate_id()?;
             record.enqueued_at_ms = now_ms;
             tx.put_queued(key, Some(JobState::Failed), &record)?;
@@ -366,13 +456,22 @@ impl Store {
         })
     }
 
-    /// Puts every `archiving` job back to `queued`, keeping its queue position, so it is the
-    /// first to be taken again. Returns how many were found.
+    /// Puts every `archiving` job back to `queued` at the head of the queue: its entry moves
+    /// to `delayed` with due time 0, which the worker takes before anything else. The attempt
+    /// stays counted. Returns how many were found.
     pub fn recover_archiving(&self) -> Result<usize, StoreError> {
         let keys: Vec<String> =
             self.keys_in_state(JobState::Archiving, None).collect::<Result<_, _>>()?;
         for key in &keys {
-            self.release(key, false)?;
+            self.transact(|tx| {
+                let mut record = tx.require_state(key, JobState::Archiving)?;
+                tx.remove_entry(&record)?;
+                record.state = JobState::Queued;
+                record.retry_at_ms = Some(0);
+                tx.delayed.insert(delayed_key(0, record.seq), key.as_bytes())?;
+                tx.update(key, JobState::Archiving, &record)?;
+                Ok(())
+            })?;
         }
         Ok(keys.len())
     }
@@ -439,14 +538,88 @@ impl Store {
         })
     }
 
-    /// Number of entries in the queue tree, by a scan. Used by the integrity check only.
-    pub fn queue_len_scanned(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Number of jobs of one state in the index, by a scan. Used by the integrity check only.
-    pub fn state_len_scanned(&self, state: JobState) -> usize {
-        self.by_state.scan_prefix([state_byte(state)]).count()
+    /// Reads every record and index entry and reports each disagreement: records that do not
+    /// decode, index or queue entries without a matching record, jobs listed under two states,
+    /// and counters that differ from the records. Scans the whole store.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let mut report = CheckReport::default();
+        let mut states: std::collections::HashMap<String, JobState> = Default::default();
+        let mut actual = StateCounts::default();
+        for entry in self.jobs.iter() {
+            let (key, value) = entry?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            report.records += 1;
+            match decode_record(&key, &value) {
+                Ok(record) => {
+                    *actual.get_mut(record.state) += 1;
+                    states.insert(key, record.state);
+                }
+                Err(err) => report.problems.push(err.to_string()),
+            }
+        }
+        let mut indexed: std::collections::HashMap<String, JobState> = Default::default();
+        for entry in self.by_state.iter() {
+            let (key, _) = entry?;
+            let Some(state) = key.first().and_then(|byte| state_from_byte(*byte)) else {
+                report
+                    .problems
+                    .push(format!("state index: entry with unknown state byte {:?}", key.first()));
+                continue;
+            };
+            let id = String::from_utf8_lossy(&key[1..]).into_owned();
+            if let Some(other) = indexed.insert(id.clone(), state) {
+                report.problems.push(format!("job {id}: listed as both {other} and {state}"));
+            }
+            match states.get(&id) {
+                Some(recorded) if *recorded == state => (),
+                Some(recorded) => report
+                    .problems
+                    .push(format!("job {id}: record says {recorded}, index says {state}")),
+                None => report
+                    .problems
+                    .push(format!("job {id}: index entry ({state}) without a record")),
+            }
+        }
+        for (id, state) in &states {
+            if !indexed.contains_key(id) {
+                report
+                    .problems
+                    .push(format!("job {id}: {state} record missing from the state index"));
+            }
+        }
+        let mut entries: std::collections::HashMap<String, u32> = Default::default();
+        for entry in self.queue.iter().chain(self.delayed.iter()) {
+            let (_, value) = entry?;
+            *entries.entry(String::from_utf8_lossy(&value).into_owned()).or_default() += 1;
+        }
+        for (id, count) in &entries {
+            match states.get(id) {
+                Some(JobState::Queued | JobState::Archiving) if *count == 1 => (),
+                Some(state) => report.problems.push(format!(
+                    "job {id}: {state} with {count} queue entries, expected {}",
+                    usize::from(matches!(state, JobState::Queued | JobState::Archiving))
+                )),
+                None => report.problems.push(format!("queue entry for job {id} without a record")),
+            }
+        }
+        for (id, state) in &states {
+            if matches!(state, JobState::Queued | JobState::Archiving) && !entries.contains_key(id)
+            {
+                report.problems.push(format!("job {id}: {state} but not in the queue"));
+            }
+        }
+        let counted = self.counts()?;
+        for state in JobState::ALL {
+            if counted.get(state) != actual.get(state) {
+                report.problems.push(format!(
+                    "count of {state} jobs is {}, but {} records are {state}",
+                    counted.get(state),
+                    actual.get(state)
+                ));
+            }
+        }
+        report.counts = actual;
+        Ok(report)
     }
 
     /// Runs `body` as one sled transaction over all trees. sled retries the body on conflict.
@@ -454,9 +627,10 @@ impl Store {
         &self,
         body: impl Fn(&Tx<'_>) -> Result<T, ConflictableTransactionError<StoreError>>,
     ) -> Result<T, StoreError> {
-        let result = (&self.jobs, &self.queue, &self.by_state, &self.counts).transaction(
-            |(jobs, queue, by_state, counts)| body(&Tx { jobs, queue, by_state, counts }),
-        );
+        let trees = (&self.jobs, &self.queue, &self.delayed, &self.by_state, &self.counts);
+        let result = trees.transaction(|(jobs, queue, delayed, by_state, counts)| {
+            body(&Tx { jobs, queue, delayed, by_state, counts })
+        });
         match result {
             Ok(value) => Ok(value),
             Err(TransactionError::Abort(err)) => Err(err),
@@ -469,6 +643,7 @@ impl Store {
 struct Tx<'a> {
     jobs: &'a TransactionalTree,
     queue: &'a TransactionalTree,
+    delayed: &'a TransactionalTree,
     by_state: &'a TransactionalTree,
     counts: &'a TransactionalTree,
 }
@@ -543,8 +718,21 @@ impl Tx<'_> {
         }
     }
 
+    /// Removes a job's queue entry, from `queue` or `delayed`.
+    fn remove_entry(&self, record: &JobRecord) -> TxResult<()> {
+        match record.retry_at_ms {
+            Some(due) => self.delayed.remove(delayed_key(due, record.seq))?,
+            None => self.queue.remove(&record.seq.to_be_bytes())?,
+        };
+        Ok(())
+    }
+
+    fn count(&self, state: JobState) -> Result<u64, UnabortableTransactionError> {
+        Ok(self.counts.get(state.as_str())?.map(|v| decode_count(&v)).unwrap_or(0))
+    }
+
     fn add_count(&self, state: JobState, delta: i64) -> Result<(), UnabortableTransactionError> {
-        let current = self.counts.get(state.as_str())?.map(|v| decode_count(&v)).unwrap_or(0);
+        let current = self.count(state)?;
         let next = current.saturating_add_signed(delta);
         self.counts.insert(state.as_str(), &next.to_be_bytes())?;
         Ok(())
@@ -583,7 +771,18 @@ fn index_key(state: JobState, key: &str) -> Vec<u8> {
     index
 }
 
-fn decode_seq(bytes: &[u8]) -> u64 {
+fn delayed_key(due_ms: i64, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn state_from_byte(byte: u8) -> Option<JobState> {
+    JobState::ALL.into_iter().find(|state| state_byte(*state) == byte)
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     let len = bytes.len().min(8);
     buf[8 - len..].copy_from_slice(&bytes[..len]);
@@ -591,7 +790,7 @@ fn decode_seq(bytes: &[u8]) -> u64 {
 }
 
 fn decode_count(bytes: &IVec) -> u64 {
-    decode_seq(bytes)
+    decode_u64(bytes)
 }
 
 // === On-disk record format ===
@@ -602,6 +801,7 @@ struct StoredRecordV1 {
     state: u8,
     attempts: u32,
     seq: u64,
+    retry_at_ms: Option<i64>,
     enqueued_at_ms: i64,
     started_at_ms: Option<i64>,
     archived_at_ms: Option<i64>,
@@ -633,6 +833,7 @@ fn encode_record(record: &JobRecord) -> Result<Vec<u8>, StoreError> {
         state: state_byte(record.state),
         attempts: record.attempts,
         seq: record.seq,
+        retry_at_ms: record.retry_at_ms,
         enqueued_at_ms: record.enqueued_at_ms,
         started_at_ms: record.started_at_ms,
         archived_at_ms: record.archived_at_ms,
@@ -670,12 +871,8 @@ fn decode_record(key: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
     if used != body.len() {
         return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
     }
-    let state = match stored.state {
-        b'q' => JobState::Queued,
-        b'r' => JobState::Archiving,
-        b's' => JobState::Archived,
-        b't' => JobState::Failed,
-        other => return Err(corrupt(format!("unknown state byte {other}"))),
+    let Some(state) = state_from_byte(stored.state) else {
+        return Err(corrupt(format!("unknown state byte {}", stored.state)));
     };
     let meta_json =
         if stored.meta_deflated { inflate(&stored.meta).map_err(corrupt)? } else { stored.meta };
@@ -683,6 +880,7 @@ fn decode_record(key: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
         state,
         attempts: stored.attempts,
         seq: stored.seq,
+        retry_at_ms: stored.retry_at_ms,
         enqueued_at_ms: stored.enqueued_at_ms,
         started_at_ms: stored.started_at_ms,
         archived_at_ms: stored.archived_at_ms,
@@ -738,6 +936,7 @@ mod tests {
             state: JobState::Failed,
             attempts: 3,
             seq: 9,
+            retry_at_ms: Some(5),
             enqueued_at_ms: 1,
             started_at_ms: Some(2),
             archived_at_ms: None,
@@ -769,21 +968,21 @@ mod tests {
     fn enqueue_claim_finish_keeps_counts() {
         let (_dir, store) = open();
         let jobs = vec![(id(1), 5, b"{}".to_vec()), (id(2), 5, b"{}".to_vec())];
-        let out = store.enqueue(&jobs, 10).unwrap();
+        let out = store.enqueue(&jobs, 10, u64::MAX).unwrap();
         assert_eq!(out, vec![Enqueued::Queued, Enqueued::Queued]);
-        let again = store.enqueue(&jobs[..1], 11).unwrap();
+        let again = store.enqueue(&jobs[..1], 11, u64::MAX).unwrap();
         assert_eq!(again, vec![Enqueued::Existing(JobState::Queued)]);
 
-        let (_, first) = store.first_in_queue().unwrap().unwrap();
+        let first = store.next_to_claim(12).unwrap().unwrap();
         assert_eq!(first, "fritz/1/100");
         store.start_attempt(&first, 12).unwrap();
         store.mark_failed(&first, "no data", "load", 13).unwrap();
         let counts = store.counts().unwrap();
         assert_eq!((counts.queued, counts.failed), (1, 1));
 
-        let requeued = store.enqueue(&jobs[..1], 14).unwrap();
+        let requeued = store.enqueue(&jobs[..1], 14, u64::MAX).unwrap();
         assert_eq!(requeued, vec![Enqueued::Queued]);
-        let (_, head) = store.first_in_queue().unwrap().unwrap();
+        let head = store.next_to_claim(14).unwrap().unwrap();
         assert_eq!(head, "fritz/2/100", "a re-triggered failed job goes to the tail");
         assert_eq!(store.get("fritz/1/100").unwrap().unwrap().failure.unwrap().step, "load");
         let counts = store.counts().unwrap();
@@ -794,13 +993,14 @@ mod tests {
     fn recover_puts_archiving_back_at_head() {
         let (_dir, store) = open();
         let jobs: Vec<_> = (1..=3).map(|n| (id(n), 5, b"{}".to_vec())).collect();
-        store.enqueue(&jobs, 10).unwrap();
+        store.enqueue(&jobs, 10, u64::MAX).unwrap();
         store.start_attempt("fritz/1/100", 11).unwrap();
         assert_eq!(store.recover_archiving().unwrap(), 1);
         let record = store.get("fritz/1/100").unwrap().unwrap();
         assert_eq!(record.state, JobState::Queued);
         assert_eq!(record.attempts, 1, "the crashed attempt stays counted");
-        assert_eq!(store.first_in_queue().unwrap().unwrap().1, "fritz/1/100");
+        assert_eq!(store.next_to_claim(12).unwrap().unwrap(), "fritz/1/100");
+        assert!(store.check().unwrap().problems.is_empty(), "store unsound after recovery");
     }
 
     #[test]
@@ -816,8 +1016,53 @@ mod tests {
                 (state >> 32) as u8
             })
             .collect();
-        let err = store.enqueue(&[(id(1), 5, meta)], 1).unwrap_err();
+        let err = store.enqueue(&[(id(1), 5, meta)], 1, u64::MAX).unwrap_err();
         assert!(matches!(err, StoreError::RecordTooLarge { .. }), "{err}");
         assert_eq!(store.counts().unwrap(), StateCounts::default());
+    }
+
+    #[test]
+    fn queue_limit_rejects_whole_batch() {
+        let (_dir, store) = open();
+        store.enqueue(&[(id(1), 5, b"{}".to_vec())], 1, 2).unwrap();
+        let batch = vec![(id(2), 5, b"{}".to_vec()), (id(3), 5, b"{}".to_vec())];
+        let err = store.enqueue(&batch, 2, 2).unwrap_err();
+        assert!(matches!(err, StoreError::QueueFull { queued: 2, limit: 2 }), "{err}");
+        assert_eq!(store.counts().unwrap().queued, 1, "nothing of the rejected batch is stored");
+        assert!(store.get("fritz/2/100").unwrap().is_none(), "job 2 stored despite the limit");
+    }
+
+    #[test]
+    fn retry_waits_without_blocking_queue() {
+        let (_dir, store) = open();
+        let jobs: Vec<_> = (1..=2).map(|n| (id(n), 5, b"{}".to_vec())).collect();
+        store.enqueue(&jobs, 10, u64::MAX).unwrap();
+        store.start_attempt("fritz/1/100", 11).unwrap();
+        store.schedule_retry("fritz/1/100", "store down", "load", 1_000, 12).unwrap();
+
+        assert_eq!(store.next_to_claim(500).unwrap().as_deref(), Some("fritz/2/100"), "before due");
+        assert_eq!(store.next_to_claim(1_000).unwrap().as_deref(), Some("fritz/1/100"), "once due");
+        assert_eq!(store.next_retry_due().unwrap(), Some(1_000));
+        let record = store.get("fritz/1/100").unwrap().unwrap();
+        assert_eq!(record.state, JobState::Queued);
+        assert_eq!(record.failure.unwrap().history, vec!["load: store down".to_owned()]);
+
+        store.start_attempt("fritz/1/100", 1_001).unwrap();
+        store.mark_archived("fritz/1/100", "p".into(), 1, 1, 1_002).unwrap();
+        assert_eq!(store.next_retry_due().unwrap(), None, "the delayed entry is gone");
+        let report = store.check().unwrap();
+        assert!(report.problems.is_empty(), "problems: {:?}", report.problems);
+        assert_eq!(report.counts.archived, 1);
+    }
+
+    #[test]
+    fn check_reports_bad_counts() {
+        let (_dir, store) = open();
+        store.enqueue(&[(id(1), 5, b"{}".to_vec())], 1, u64::MAX).unwrap();
+        store.counts.insert("queued", &7u64.to_be_bytes()).unwrap();
+        store.jobs.insert("fritz/9/9", &[9u8, 1, 2][..]).unwrap();
+        let problems = store.check().unwrap().problems.join("\n");
+        assert!(problems.contains("count of queued jobs is 7"), "{problems}");
+        assert!(problems.contains("format version 9"), "{problems}");
     }
 }

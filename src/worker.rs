@@ -11,12 +11,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::api::Health;
 use crate::archive::ArchiveWriter;
 use crate::archiver::{archive_job, ArchiveFailure, ArchiveSettings, ArchivedJob, Step};
+use crate::config::RetryConfig;
 use crate::job::JobMeta;
 use crate::metric_source::MetricSource;
 use crate::metrics::Metrics;
 use crate::queue::{ClaimedJob, JobQueue, QueueError};
+use crate::store::now_ms;
 
 /// When the worker stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,11 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// How long a stop waits for the current job before it is cancelled and left queued.
     pub shutdown_timeout: Duration,
+    /// Deadline of one attempt.
+    pub job_timeout: Duration,
+    pub retry: RetryConfig,
+    /// Where the worker reports an archive that cannot be written.
+    pub health: Arc<Health>,
 }
 
 /// What one finished job came to, for callers that report per job.
@@ -76,16 +84,31 @@ impl Worker {
             };
             match event {
                 Event::Stop => return Ok(()),
-                Event::Idle if mode == RunMode::UntilEmpty => return Ok(()),
                 Event::Idle => {
+                    let next_retry = self.queue.next_retry_due()?;
+                    if mode == RunMode::UntilEmpty && next_retry.is_none() {
+                        return Ok(());
+                    }
+                    // Sleep until the next retry is due, or for a long while when none is
+                    // waiting; new work and the stop signal end the sleep early.
+                    let pause = match next_retry {
+                        Some(due) => {
+                            Duration::from_millis((due - now_ms()).clamp(1, 60_000) as u64)
+                        }
+                        None => Duration::from_secs(3600),
+                    };
                     tokio::select! {
                         () = self.queue.work_available() => (),
                         _ = stop.changed() => (),
+                        () = tokio::time::sleep(pause) => (),
                     }
                 }
                 Event::Job(job) => {
-                    let span =
-                        tracing::info_span!("job", id = %job.key, attempt = job.record.attempts);
+                    let span = tracing::info_span!(
+                        "job",
+                        job_id = %job.key,
+                        attempt = job.record.attempts
+                    );
                     let outcome = self.process(*job, &mut stop).instrument(span).await?;
                     if let (Some(outcome), Some(outcomes)) = (outcome, &outcomes) {
                         let _ = outcomes.send(outcome);
@@ -103,8 +126,24 @@ impl Worker {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Outcome>, QueueError> {
         let started = Instant::now();
+        let queued_for_ms = job.record.started_at_ms.map(|at| at - job.record.enqueued_at_ms);
+        tracing::debug!(queued_for_ms, "archiving started");
         self.metrics.worker_busy.set(1);
-        let result = self.archive_until_stopped(&job, stop).await;
+        let result = if job.record.attempts > self.retry.max_attempts {
+            // Each earlier attempt was counted when it started and never reached an outcome,
+            // so the process died during it. Stop here instead of crashing again.
+            Some(Err(ArchiveFailure {
+                step: Step::Interrupted,
+                message: format!(
+                    "gave up: the last {} attempts ended without an outcome, because the process \
+                     crashed or was killed while archiving this job",
+                    job.record.attempts - 1
+                ),
+                transient: false,
+            }))
+        } else {
+            self.archive_until_stopped(&job, stop).await
+        };
         self.metrics.worker_busy.set(0);
         let Some(result) = result else {
             self.queue.release(&job.key).await?;
@@ -115,6 +154,7 @@ impl Worker {
         let duration = started.elapsed();
         match result {
             Ok(archived) => {
+                self.report_archive_health(None);
                 let path = archived.written.path.display().to_string();
                 let record = self
                     .queue
@@ -134,17 +174,53 @@ impl Worker {
                 );
                 Ok(Some(Outcome::Archived { key: job.key, job: archived, duration }))
             }
+            Err(failure) if failure.transient && job.record.attempts < self.retry.max_attempts => {
+                if matches!(failure.step, Step::Write | Step::Cluster) {
+                    self.report_archive_health(Some(&failure.message));
+                }
+                let delay = backoff(&self.retry, job.record.attempts);
+                let retry_at_ms = now_ms() + delay.as_millis() as i64;
+                self.queue
+                    .schedule_retry(&job.key, &failure.message, failure.step.as_str(), retry_at_ms)
+                    .await?;
+                self.metrics.retries_scheduled.inc();
+                tracing::warn!(
+                    step = failure.step.as_str(),
+                    error = %failure.message,
+                    attempt = job.record.attempts,
+                    max_attempts = self.retry.max_attempts,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "attempt failed; retrying after a backoff"
+                );
+                Ok(None)
+            }
             Err(failure) => {
+                if failure.transient && matches!(failure.step, Step::Write | Step::Cluster) {
+                    self.report_archive_health(Some(&failure.message));
+                }
                 self.queue.finish_failed(&job.key, &failure.message, failure.step.as_str()).await?;
                 self.metrics.observe_failed(failure.step, duration);
-                tracing::error!(step = failure.step.as_str(), error = %failure.message, "job failed");
+                tracing::error!(
+                    step = failure.step.as_str(),
+                    error = %failure.message,
+                    transient = failure.transient,
+                    duration_ms = duration.as_millis() as u64,
+                    "job failed; `job-archiver failed` lists it, `job-archiver retry` queues it again"
+                );
                 Ok(Some(Outcome::Failed { key: job.key, failure }))
             }
         }
     }
 
+    /// Sets or clears the archive problem that `/readyz` and the metrics report.
+    fn report_archive_health(&self, problem: Option<&str>) {
+        self.metrics.archive_degraded.set(i64::from(problem.is_some()));
+        self.health.set_archive_problem(problem.map(str::to_owned));
+    }
+
     /// Runs the archiving of one job as its own task, so a panic in it fails the job instead of
-    /// the process. On a stop, waits up to `shutdown_timeout`, then cancels and returns `None`.
+    /// the process. The attempt ends at `job_timeout`. On a stop, waits up to
+    /// `shutdown_timeout`, then cancels and returns `None`.
     async fn archive_until_stopped(
         &self,
         job: &ClaimedJob,
@@ -157,9 +233,23 @@ impl Worker {
         let source = Arc::clone(&self.source);
         let writer = Arc::clone(&self.writer);
         let settings = self.settings;
+        let job_timeout = self.job_timeout;
         let mut task = tokio::spawn(
-            async move { archive_job(&meta, source.as_ref(), &writer, &settings).await }
-                .in_current_span(),
+            async move {
+                let attempt = archive_job(&meta, source.as_ref(), &writer, &settings);
+                match tokio::time::timeout(job_timeout, attempt).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ArchiveFailure {
+                        step: Step::Timeout,
+                        message: format!(
+                            "the attempt ran past worker.job_timeout ({})",
+                            humantime::format_duration(job_timeout)
+                        ),
+                        transient: true,
+                    }),
+                }
+            }
+            .in_current_span(),
         );
         let joined = tokio::select! {
             joined = &mut task => joined,
@@ -182,6 +272,17 @@ impl Worker {
             }),
         })
     }
+}
+
+/// The wait before the next attempt after `attempt` attempts: `initial_backoff` doubled per
+/// attempt, capped at `max_backoff`, then drawn uniformly from its upper half so that jobs
+/// failing together do not retry together.
+pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(32);
+    let base =
+        retry.initial_backoff.saturating_mul(1u32 << doublings.min(31)).min(retry.max_backoff);
+    let jitter: f64 = rand::random();
+    base.mul_f64(0.5 + 0.5 * jitter)
 }
 
 fn parse_stored_meta(bytes: &[u8]) -> Result<JobMeta, ArchiveFailure> {

@@ -19,6 +19,8 @@ pub const ARCHIVE_VERSION: &str = "3";
 #[derive(Debug, Clone)]
 pub struct FsArchive {
     root: PathBuf,
+    /// Set once the root has been checked (or made) by [`FsArchive::ensure_root`].
+    root_checked: std::sync::OnceLock<()>,
 }
 
 impl FsArchive {
@@ -32,6 +34,24 @@ impl FsArchive {
     /// [`ArchiveError::Io`] when the folder cannot be created or read, or when it is a
     /// non-empty folder without `version.txt`, which is not a job-archive.
     pub fn open(root: &Path) -> Result<FsArchive, ArchiveError> {
+        let archive = FsArchive::new(root);
+        archive.ensure_root()?;
+        Ok(archive)
+    }
+
+    /// An archive at `root` that is checked at the first write instead of now, for a root
+    /// that is not usable yet (an unmounted network filesystem, say): the service starts, and
+    /// each write tries again until the root works.
+    pub fn new(root: &Path) -> FsArchive {
+        FsArchive { root: root.to_path_buf(), root_checked: std::sync::OnceLock::new() }
+    }
+
+    /// Checks the root as [`FsArchive::open`] describes, once it has succeeded.
+    pub fn ensure_root(&self) -> Result<(), ArchiveError> {
+        if self.root_checked.get().is_some() {
+            return Ok(());
+        }
+        let root = self.root.as_path();
         fs::create_dir_all(root).map_err(io_error(root))?;
         let version_path = root.join("version.txt");
         match fs::read(&version_path) {
@@ -60,7 +80,8 @@ impl FsArchive {
             }
             Err(err) => return Err(ArchiveError::Io { path: version_path, source: err }),
         }
-        Ok(FsArchive { root: root.to_path_buf() })
+        let _ = self.root_checked.set(());
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -118,6 +139,11 @@ impl ArchiveWriter for FsArchive {
         match fs::read(&path) {
             Ok(bytes) => Ok(bytes),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                // A missing root (an unmounted filesystem, say) is an archive fault worth a
+                // retry, not an unknown cluster.
+                if let Err(root_err) = fs::metadata(&self.root) {
+                    return Err(ArchiveError::Io { path: self.root.clone(), source: root_err });
+                }
                 Err(ArchiveError::UnknownCluster { cluster: cluster.to_owned(), path })
             }
             Err(err) => Err(ArchiveError::Io { path, source: err }),
@@ -151,6 +177,7 @@ impl ArchiveWriter for FsArchive {
     /// `.`. Two concurrent writes of the same job are not supported, because the temporary names
     /// are per job; the worker writes one job at a time.
     fn write_job(&self, id: &JobId, files: &JobFiles) -> Result<WrittenJob, ArchiveError> {
+        self.ensure_root()?;
         let final_dir = self.checked_job_dir(id)?;
         let Some(parent) = final_dir.parent() else {
             let problem = format!("job {id} has no parent folder");
@@ -355,7 +382,7 @@ mod tests {
 
     #[test]
     fn job_dir_layout() {
-        let archive = FsArchive { root: PathBuf::from("/archive") };
+        let archive = FsArchive::new(Path::new("/archive"));
         let emmy = JobId::new("emmy", 1403244, 1608923076).expect("valid");
         let small = JobId::new("fritz", 5, 7).expect("valid");
 

@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use prometheus::IntCounterVec;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,52 @@ pub struct CcMetricStore {
     /// The value of the `Authorization` header, marked sensitive; `None` sends no header.
     authorization: Option<HeaderValue>,
     timeout: Duration,
+    /// Counter of requests with an `outcome` label; `None` counts nothing.
+    request_counter: Option<IntCounterVec>,
+}
+
+/// Outcome of one query request. Its names are the `outcome` label values of the request
+/// counter, so the set is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Every query returned its series.
+    Ok,
+    /// Some series came back as errors or were missing; the job is archived without them.
+    Partial,
+    /// Every query failed or returned nothing.
+    NoData,
+    /// The store replied with an HTTP error status.
+    ErrorStatus,
+    /// The connection failed or broke off.
+    Unreachable,
+    /// No complete reply within the configured timeout.
+    Timeout,
+    /// The reply was not query results, or had the wrong number of result arrays.
+    InvalidReply,
+}
+
+impl RequestOutcome {
+    pub const ALL: [RequestOutcome; 7] = [
+        RequestOutcome::Ok,
+        RequestOutcome::Partial,
+        RequestOutcome::NoData,
+        RequestOutcome::ErrorStatus,
+        RequestOutcome::Unreachable,
+        RequestOutcome::Timeout,
+        RequestOutcome::InvalidReply,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOutcome::Ok => "ok",
+            RequestOutcome::Partial => "partial",
+            RequestOutcome::NoData => "no_data",
+            RequestOutcome::ErrorStatus => "error_status",
+            RequestOutcome::Unreachable => "unreachable",
+            RequestOutcome::Timeout => "timeout",
+            RequestOutcome::InvalidReply => "invalid_reply",
+        }
+    }
 }
 
 /// A cc-metric-store setting that cannot be used.
@@ -95,7 +142,21 @@ impl CcMetricStore {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| InvalidStoreConfig(format!("http client: {}", error_chain(&err))))?;
-        Ok(CcMetricStore { client, query_url, authorization, timeout })
+        Ok(CcMetricStore { client, query_url, authorization, timeout, request_counter: None })
+    }
+
+    /// Counts every query request in `counter`, which must have exactly one label, `outcome`;
+    /// its values are those of [`RequestOutcome::as_str`]. A load that needs no request (no
+    /// metric to query) counts nothing.
+    pub fn with_request_counter(mut self, counter: IntCounterVec) -> CcMetricStore {
+        self.request_counter = Some(counter);
+        self
+    }
+
+    fn count(&self, outcome: RequestOutcome) {
+        if let Some(counter) = &self.request_counter {
+            counter.with_label_values(&[outcome.as_str()]).inc();
+        }
     }
 
     /// Sends one query request and returns the decoded reply.
@@ -114,18 +175,27 @@ impl CcMetricStore {
             if text.chars().nth(STATUS_BODY_MAX_CHARS).is_some() {
                 body.push_str("...");
             }
+            self.count(RequestOutcome::ErrorStatus);
             return Err(SourceError::Status { status: status.as_u16(), body });
         }
         serde_json::from_slice(&bytes).map_err(|err| {
+            self.count(RequestOutcome::InvalidReply);
             SourceError::InvalidReply(format!("{}: reply is not query results: {err}", self.url()))
         })
     }
 
+    /// Counts a failed connection or a timeout and turns it into a [`SourceError`].
     fn unreachable(&self, err: reqwest::Error) -> SourceError {
         // The message names the URL once, in front, rather than inside reqwest's text.
         let problem = match err.is_timeout() {
-            true => format!("request timed out after {:?}", self.timeout),
-            false => error_chain(&err.without_url()),
+            true => {
+                self.count(RequestOutcome::Timeout);
+                format!("request timed out after {:?}", self.timeout)
+            }
+            false => {
+                self.count(RequestOutcome::Unreachable);
+                error_chain(&err.without_url())
+            }
         };
         SourceError::Unreachable(format!("{}: {problem}", self.url()))
     }
@@ -183,6 +253,7 @@ impl MetricSource for CcMetricStore {
 
         let results = reply.results.unwrap_or_default();
         if results.len() != plan.queries.len() {
+            self.count(RequestOutcome::InvalidReply);
             return Err(SourceError::InvalidReply(format!(
                 "{}: expected {} result arrays, one per query, got {}",
                 self.url(),
@@ -191,9 +262,18 @@ impl MetricSource for CcMetricStore {
             )));
         }
         let mut data = JobData::new();
+        let errors_before_reply = partial_errors.len();
         for (query, elements) in plan.queries.iter().zip(results) {
             add_results(request, query, elements, &mut data, &mut partial_errors);
         }
+        let outcome = if data.is_empty() {
+            RequestOutcome::NoData
+        } else if partial_errors.len() > errors_before_reply {
+            RequestOutcome::Partial
+        } else {
+            RequestOutcome::Ok
+        };
+        self.count(outcome);
         finish(job, data, partial_errors)
     }
 }

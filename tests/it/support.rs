@@ -7,11 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use job_archiver::commit::Durability;
-use job_archiver::config::{
-    ArchiveConfig, Config, LogConfig, LogFormat, MetricSourceConfig, ServerConfig, StoreConfig,
-    WorkerConfig,
-};
+use job_archiver::config::{self, Config, MetricSourceConfig};
 use job_archiver::service::{self, Components};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -58,25 +54,18 @@ impl TestDirs {
     }
 
     pub fn config_with_source(&self, metric_source: MetricSourceConfig) -> Config {
-        Config {
-            server: ServerConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                url: "http://127.0.0.1:0".to_owned(),
-            },
-            store: StoreConfig {
-                path: self.store.clone(),
-                cache_bytes: 8 << 20,
-                durability: Durability::Fsync,
-            },
-            archive: ArchiveConfig { path: self.archive.clone(), compress_threshold_bytes: 2000 },
-            worker: WorkerConfig {
-                core_scope_max_nodes: 8,
-                resolution: 0,
-                shutdown_timeout: Duration::from_secs(30),
-            },
-            metric_source,
-            log: LogConfig { format: LogFormat::Text },
-        }
+        let no_env = |_: &str| None;
+        let sources = config::Sources { file: None, env: &no_env, flags: &[] };
+        let mut config = config::load(&sources).expect("the defaults are valid");
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.url = "http://127.0.0.1:0".to_owned();
+        config.store.path = self.store.clone();
+        config.store.cache_bytes = 8 << 20;
+        config.archive.path = self.archive.clone();
+        config.retry.initial_backoff = Duration::from_millis(100);
+        config.retry.max_backoff = Duration::from_millis(400);
+        config.metric_source = metric_source;
+        config
     }
 
     /// Writes a config file for the binary: these folders, port 0 unless `listen` is given,
