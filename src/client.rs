@@ -19,11 +19,48 @@ use crate::service::read_job_files;
 /// ANSI sequence that clears the terminal and moves the cursor to the top left corner.
 const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
+fn http_client(server: &Server) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &server.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("client.token_file: the token is not a valid HTTP header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")
+}
+
+/// The server a CLI command talks to: its base URL and the bearer token to send, if any.
+/// Displays as the URL, without the token.
+pub struct Server {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl Server {
+    /// The server of a config, with the token read from `client.token_file`.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Server> {
+        let token = match &config.client.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("client.token_file {}: cannot read", path.display())
+                })?;
+                Some(text.trim().to_owned()).filter(|token| !token.is_empty())
+            }
+            None => None,
+        };
+        Ok(Server { url: config.server.url.clone(), token })
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 /// Turns a non-success reply into an error carrying the server's message.
@@ -47,8 +84,8 @@ fn connect_error(url: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '_
 /// Posts each job file to the server and prints each job's id and state, then a summary.
 /// Shows a progress bar on stderr when it is a terminal. Exits non-zero if any file or job was
 /// rejected.
-pub async fn trigger(server: &str, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let client = http_client()?;
+pub async fn trigger(server: &Server, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let client = http_client(server)?;
     let url = format!("{server}/api/jobs/archive");
     let mut files = Vec::new();
     for file in read_job_files(paths, usize::MAX)? {
@@ -146,8 +183,8 @@ pub fn print_rate(n_jobs: usize, elapsed: Duration) {
 }
 
 /// Prints queue counts and the last failures, or one job's state.
-pub async fn status(server: &str, id: Option<&str>) -> anyhow::Result<ExitCode> {
-    let client = http_client()?;
+pub async fn status(server: &Server, id: Option<&str>) -> anyhow::Result<ExitCode> {
+    let client = http_client(server)?;
     print_status(&client, server, id).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -156,11 +193,11 @@ pub async fn status(server: &str, id: Option<&str>) -> anyhow::Result<ExitCode> 
 /// Each refresh starts with a header line, and clears the screen first when stdout is a
 /// terminal. A failed request is printed and retried at the next refresh.
 pub async fn watch_status(
-    server: &str,
+    server: &Server,
     id: Option<&str>,
     interval: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let client = http_client()?;
+    let client = http_client(server)?;
     let clear_screen = std::io::stdout().is_terminal();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -196,7 +233,7 @@ pub async fn watch_status(
 
 async fn print_status(
     client: &reqwest::Client,
-    server: &str,
+    server: &Server,
     id: Option<&str>,
 ) -> anyhow::Result<()> {
     if let Some(id) = id {
@@ -233,8 +270,8 @@ async fn print_status(
 }
 
 /// Lists failed jobs with their errors.
-pub async fn failed(server: &str, limit: usize) -> anyhow::Result<ExitCode> {
-    let client = http_client()?;
+pub async fn failed(server: &Server, limit: usize) -> anyhow::Result<ExitCode> {
+    let client = http_client(server)?;
     let mut after: Option<String> = None;
     let mut printed = 0usize;
     while printed < limit {
@@ -267,8 +304,8 @@ pub async fn failed(server: &str, limit: usize) -> anyhow::Result<ExitCode> {
 }
 
 /// Queues one failed job again, or every failed job.
-pub async fn retry(server: &str, id: Option<&str>, all_failed: bool) -> anyhow::Result<ExitCode> {
-    let client = http_client()?;
+pub async fn retry(server: &Server, id: Option<&str>, all_failed: bool) -> anyhow::Result<ExitCode> {
+    let client = http_client(server)?;
     if all_failed {
         let url = format!("{server}/api/jobs/retry?state=failed");
         let response = client.post(&url).send().await.map_err(connect_error(&url))?;
