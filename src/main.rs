@@ -29,7 +29,6 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli, config)) {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "command failed");
             eprintln!("job-archiver: {err:#}");
             ExitCode::FAILURE
         }

@@ -130,7 +130,7 @@ impl Metrics {
             ),
             queue_wait: histogram(
                 "job_archiver_queue_wait_seconds",
-                "Time from an archived job's acceptance to the start of its successful attempt.",
+                "Time from a job's acceptance to the start of its first attempt.",
                 WAIT_BUCKETS,
             ),
             ack_duration: histogram(
@@ -272,6 +272,14 @@ impl Metrics {
         if let Some(archived_at_ms) = record.archived_at_ms {
             let lag = archived_at_ms as f64 / 1000.0 - record.job_end_time as f64;
             self.lag.observe(lag.max(0.0));
+        }
+    }
+
+    /// Records the queue wait of a job whose first attempt just started; later attempts of
+    /// the same job are not observed again.
+    pub fn observe_claimed(&self, record: &JobRecord) {
+        if record.attempts != 1 {
+            return;
         }
         if let Some(started_at_ms) = record.started_at_ms {
             let wait = (started_at_ms - record.enqueued_at_ms) as f64 / 1000.0;

@@ -128,6 +128,7 @@ impl Worker {
         let started = Instant::now();
         let queued_for_ms = job.record.started_at_ms.map(|at| at - job.record.enqueued_at_ms);
         tracing::debug!(queued_for_ms, "archiving started");
+        self.metrics.observe_claimed(&job.record);
         self.metrics.worker_busy.set(1);
         let result = if job.record.attempts > self.retry.max_attempts {
             // Each earlier attempt was counted when it started and never reached an outcome,

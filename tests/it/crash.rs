@@ -180,15 +180,15 @@ async fn kill_while_archiving_counts_attempt() {
         .expect("trigger of the emmy job answered");
     assert_eq!(status, 202, "status of the emmy trigger: {reply}");
 
-    // The emmy job takes over a second to archive, so polling every 10 ms observes `archiving`.
-    let mut seen = Value::Null;
-    for _ in 0..3000 {
-        seen = job_status(&client, &server.url, id).await;
-        if seen["state"] != "queued" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // GET shows `archiving` as soon as the claim is in the store's memory, but the claim reaches
+    // the OS only before the worker logs that archiving started, so a kill waits for that event.
+    // The emmy job takes over a second to archive, so polling every 10 ms sees it still running.
+    let started = support::wait_until(Duration::from_secs(30), || async {
+        log_events(&server.log()).iter().any(|event| event["message"] == "archiving started")
+    })
+    .await;
+    assert!(started, "no \"archiving started\" event within 30 s; log:\n{}", server.log());
+    let seen = job_status(&client, &server.url, id).await;
     assert_eq!(seen["state"], "archiving", "state of the emmy job before the kill: {seen}");
     tokio::task::block_in_place(|| server.kill());
 
@@ -197,7 +197,12 @@ async fn kill_while_archiving_counts_attempt() {
         .await
         .unwrap_or_else(|last| panic!("emmy job not archived after restart; last {last}"));
     let attempts = archived["attempts"].as_u64().expect("attempts is a number");
-    assert!(attempts >= 2, "attempts of the emmy job, killed once while archiving: {archived}; seen {seen}; log1:\n{}\nlog2:\n{}", std::fs::read_to_string(dirs.root.path().join("kill-while-archiving.log")).unwrap(), server.log());
+    assert!(attempts >= 2, "attempts of the emmy job, killed once while archiving: {archived}");
+    let recovered = log_events(&server.log())
+        .into_iter()
+        .find(|event| event["message"] == "recovered the backlog")
+        .expect("the restarted server logs its recovery");
+    assert_eq!(recovered["recovered_archiving"], 1, "recovery after the kill: {recovered}");
     assert_eq!(archived["error"], Value::Null, "error of the archived emmy job: {archived}");
 
     let parent = dirs.archive.join("emmy/1403/244");
