@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-
 use crate::crash::{log_events, start_server_process};
 use crate::support::{self, ServerProcess, TestDirs};
 
@@ -414,7 +413,7 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration, args: &[PathBuf]) -> 
 /// must set the JSON log format.
 ///
 /// The process's own log is checked rather than `/readyz` on `port`, because a concurrent test
-/// may have picked the same free port and answer there.
+/// may have picked the same free port and serve requests there.
 fn spawn_server(
     dirs: &TestDirs,
     name: &str,

@@ -181,8 +181,8 @@ async fn kill_while_archiving_counts_attempt() {
     assert_eq!(status, 202, "status of the emmy trigger: {reply}");
 
     // GET shows `archiving` as soon as the claim is in the store's memory, but the claim reaches
-    // the OS only before the worker logs that archiving started, so a kill waits for that event.
-    // The emmy job takes over a second to archive, so polling every 10 ms sees it still running.
+    // the OS only before the worker logs "archiving started", so the kill waits for that event.
+    // The emmy job takes over a second to archive, so it is still running when the event shows.
     let started = support::wait_until(Duration::from_secs(30), || async {
         log_events(&server.log()).iter().any(|event| event["message"] == "archiving started")
     })
