@@ -16,17 +16,20 @@
 //! - `by_state`: one state byte followed by the job id, to nothing; lists jobs of one state.
 //! - `counts`: state name to a u64 count (big-endian).
 
+mod check;
+mod record;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 use sled::{IVec, Transactional, Tree};
 
 use crate::job::{JobId, JobState};
+use record::{decode_record, encode_record};
 
 /// Version byte in front of every stored job record. Bump it when [`StoredRecordV1`] changes,
 /// and keep a decoder for every older version.
@@ -36,9 +39,6 @@ pub const RECORD_FORMAT_VERSION: u8 = 1;
 /// 512 KiB segment to separate blob files that it never fsyncs, so records stay below that
 /// threshold and the data-file sync in [`Store::sync`] covers every record.
 pub const MAX_RECORD_BYTES: usize = 96 * 1024;
-
-/// `meta.json` bodies above this size are stored deflated.
-const COMPRESS_META_ABOVE: usize = 4 * 1024;
 
 /// A job as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -538,90 +538,6 @@ impl Store {
         })
     }
 
-    /// Reads every record and index entry and reports each disagreement: records that do not
-    /// decode, index or queue entries without a matching record, jobs listed under two states,
-    /// and counters that differ from the records. Scans the whole store.
-    pub fn check(&self) -> Result<CheckReport, StoreError> {
-        let mut report = CheckReport::default();
-        let mut states: std::collections::HashMap<String, JobState> = Default::default();
-        let mut actual = StateCounts::default();
-        for entry in self.jobs.iter() {
-            let (key, value) = entry?;
-            let key = String::from_utf8_lossy(&key).into_owned();
-            report.records += 1;
-            match decode_record(&key, &value) {
-                Ok(record) => {
-                    *actual.get_mut(record.state) += 1;
-                    states.insert(key, record.state);
-                }
-                Err(err) => report.problems.push(err.to_string()),
-            }
-        }
-        let mut indexed: std::collections::HashMap<String, JobState> = Default::default();
-        for entry in self.by_state.iter() {
-            let (key, _) = entry?;
-            let Some(state) = key.first().and_then(|byte| state_from_byte(*byte)) else {
-                report
-                    .problems
-                    .push(format!("state index: entry with unknown state byte {:?}", key.first()));
-                continue;
-            };
-            let id = String::from_utf8_lossy(&key[1..]).into_owned();
-            if let Some(other) = indexed.insert(id.clone(), state) {
-                report.problems.push(format!("job {id}: listed as both {other} and {state}"));
-            }
-            match states.get(&id) {
-                Some(recorded) if *recorded == state => (),
-                Some(recorded) => report
-                    .problems
-                    .push(format!("job {id}: record says {recorded}, index says {state}")),
-                None => report
-                    .problems
-                    .push(format!("job {id}: index entry ({state}) without a record")),
-            }
-        }
-        for (id, state) in &states {
-            if !indexed.contains_key(id) {
-                report
-                    .problems
-                    .push(format!("job {id}: {state} record missing from the state index"));
-            }
-        }
-        let mut entries: std::collections::HashMap<String, u32> = Default::default();
-        for entry in self.queue.iter().chain(self.delayed.iter()) {
-            let (_, value) = entry?;
-            *entries.entry(String::from_utf8_lossy(&value).into_owned()).or_default() += 1;
-        }
-        for (id, count) in &entries {
-            match states.get(id) {
-                Some(JobState::Queued | JobState::Archiving) if *count == 1 => (),
-                Some(state) => report.problems.push(format!(
-                    "job {id}: {state} with {count} queue entries, expected {}",
-                    usize::from(matches!(state, JobState::Queued | JobState::Archiving))
-                )),
-                None => report.problems.push(format!("queue entry for job {id} without a record")),
-            }
-        }
-        for (id, state) in &states {
-            if matches!(state, JobState::Queued | JobState::Archiving) && !entries.contains_key(id)
-            {
-                report.problems.push(format!("job {id}: {state} but not in the queue"));
-            }
-        }
-        let counted = self.counts()?;
-        for state in JobState::ALL {
-            if counted.get(state) != actual.get(state) {
-                report.problems.push(format!(
-                    "count of {state} jobs is {}, but {} records are {state}",
-                    counted.get(state),
-                    actual.get(state)
-                ));
-            }
-        }
-        report.counts = actual;
-        Ok(report)
-    }
-
     /// Runs `body` as one sled transaction over all trees. sled retries the body on conflict.
     fn transact<T>(
         &self,
@@ -755,7 +671,7 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn state_byte(state: JobState) -> u8 {
+pub(crate) fn state_byte(state: JobState) -> u8 {
     match state {
         JobState::Queued => b'q',
         JobState::Archiving => b'r',
@@ -778,7 +694,7 @@ fn delayed_key(due_ms: i64, seq: u64) -> Vec<u8> {
     key
 }
 
-fn state_from_byte(byte: u8) -> Option<JobState> {
+pub(crate) fn state_from_byte(byte: u8) -> Option<JobState> {
     JobState::ALL.into_iter().find(|state| state_byte(*state) == byte)
 }
 
@@ -791,129 +707,6 @@ fn decode_u64(bytes: &[u8]) -> u64 {
 
 fn decode_count(bytes: &IVec) -> u64 {
     decode_u64(bytes)
-}
-
-// === On-disk record format ===
-
-/// Version 1 of the stored job record. Field order is part of the format.
-#[derive(Serialize, Deserialize)]
-struct StoredRecordV1 {
-    state: u8,
-    attempts: u32,
-    seq: u64,
-    retry_at_ms: Option<i64>,
-    enqueued_at_ms: i64,
-    started_at_ms: Option<i64>,
-    archived_at_ms: Option<i64>,
-    archive_path: Option<String>,
-    archive_bytes: u64,
-    archive_duration_ms: Option<u64>,
-    failure: Option<StoredFailureV1>,
-    job_end_time: i64,
-    /// True when `meta` is deflated.
-    meta_deflated: bool,
-    meta: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredFailureV1 {
-    message: String,
-    step: String,
-    at_ms: i64,
-    history: Vec<String>,
-}
-
-fn encode_record(record: &JobRecord) -> Result<Vec<u8>, StoreError> {
-    let (meta_deflated, meta) = if record.meta_json.len() > COMPRESS_META_ABOVE {
-        (true, deflate(&record.meta_json))
-    } else {
-        (false, record.meta_json.clone())
-    };
-    let stored = StoredRecordV1 {
-        state: state_byte(record.state),
-        attempts: record.attempts,
-        seq: record.seq,
-        retry_at_ms: record.retry_at_ms,
-        enqueued_at_ms: record.enqueued_at_ms,
-        started_at_ms: record.started_at_ms,
-        archived_at_ms: record.archived_at_ms,
-        archive_path: record.archive_path.clone(),
-        archive_bytes: record.archive_bytes,
-        archive_duration_ms: record.archive_duration_ms,
-        failure: record.failure.as_ref().map(|failure| StoredFailureV1 {
-            message: failure.message.clone(),
-            step: failure.step.clone(),
-            at_ms: failure.at_ms,
-            history: failure.history.clone(),
-        }),
-        job_end_time: record.job_end_time,
-        meta_deflated,
-        meta,
-    };
-    let mut bytes = vec![RECORD_FORMAT_VERSION];
-    let body = bincode::serde::encode_to_vec(&stored, bincode::config::standard())
-        .map_err(|err| StoreError::Corrupt { id: String::new(), message: err.to_string() })?;
-    bytes.extend_from_slice(&body);
-    Ok(bytes)
-}
-
-fn decode_record(key: &str, bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    let corrupt = |message: String| StoreError::Corrupt { id: key.to_owned(), message };
-    let Some((&version, body)) = bytes.split_first() else {
-        return Err(corrupt("empty record".to_owned()));
-    };
-    if version != RECORD_FORMAT_VERSION {
-        return Err(StoreError::UnknownFormatVersion { id: key.to_owned(), version });
-    }
-    let (stored, used): (StoredRecordV1, usize) =
-        bincode::serde::decode_from_slice(body, bincode::config::standard())
-            .map_err(|err| corrupt(err.to_string()))?;
-    if used != body.len() {
-        return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
-    }
-    let Some(state) = state_from_byte(stored.state) else {
-        return Err(corrupt(format!("unknown state byte {}", stored.state)));
-    };
-    let meta_json =
-        if stored.meta_deflated { inflate(&stored.meta).map_err(corrupt)? } else { stored.meta };
-    Ok(JobRecord {
-        state,
-        attempts: stored.attempts,
-        seq: stored.seq,
-        retry_at_ms: stored.retry_at_ms,
-        enqueued_at_ms: stored.enqueued_at_ms,
-        started_at_ms: stored.started_at_ms,
-        archived_at_ms: stored.archived_at_ms,
-        archive_path: stored.archive_path,
-        archive_bytes: stored.archive_bytes,
-        archive_duration_ms: stored.archive_duration_ms,
-        failure: stored.failure.map(|failure| Failure {
-            message: failure.message,
-            step: failure.step,
-            at_ms: failure.at_ms,
-            history: failure.history,
-        }),
-        job_end_time: stored.job_end_time,
-        meta_json,
-    })
-}
-
-fn deflate(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing into a Vec cannot fail.
-    encoder.write_all(bytes).expect("deflate into memory");
-    encoder.finish().expect("deflate into memory")
-}
-
-fn inflate(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(bytes)
-        .take(64 * 1024 * 1024)
-        .read_to_end(&mut out)
-        .map_err(|err| format!("deflated metadata: {err}"))?;
-    Ok(out)
 }
 
 #[cfg(test)]
