@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -344,17 +344,23 @@ pub fn parse_trigger_body(
     }
 }
 
-fn parse_path_id(cluster: &str, job_id: &str, start_time: &str) -> Result<JobId, ApiError> {
+fn parse_path_id(path: JobPath) -> Result<JobId, ApiError> {
+    let Path((cluster, job_id, start_time)) = path.map_err(|rejection| {
+        ApiError::bad_request(format!("job id in path: {}", rejection.body_text()))
+    })?;
     format!("{cluster}/{job_id}/{start_time}")
         .parse::<JobId>()
         .map_err(|err| ApiError::bad_request(format!("job id in path: {err}")))
 }
 
+/// The `{cluster}/{jobId}/{startTime}` parameters of a route, as a string triple.
+type JobPath = Result<Path<(String, String, String)>, PathRejection>;
+
 async fn get_job(
     State(state): State<Arc<AppState>>,
-    Path((cluster, job_id, start_time)): Path<(String, String, String)>,
+    path: JobPath,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let id = parse_path_id(&cluster, &job_id, &start_time)?;
+    let id = parse_path_id(path)?;
     match state.queue.get(&id)? {
         Some(record) => Ok(Json(JobStatus::from_record(&id.to_string(), &record))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("job {id}: not found"))),
@@ -399,11 +405,8 @@ async fn list_jobs(
     Ok(Json(JobPage { jobs, next }))
 }
 
-async fn retry_job(
-    State(state): State<Arc<AppState>>,
-    Path((cluster, job_id, start_time)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    let id = parse_path_id(&cluster, &job_id, &start_time)?;
+async fn retry_job(State(state): State<Arc<AppState>>, path: JobPath) -> Result<Response, ApiError> {
+    let id = parse_path_id(path)?;
     let record = state.queue.retry(&id).await?;
     state.metrics.retries.inc();
     tracing::warn!(id = %id, "failed job queued again by request");

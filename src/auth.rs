@@ -31,6 +31,8 @@ pub enum AuthFailure {
     Invalid,
     /// A JWT past its `exp` time.
     Expired,
+    /// A valid JWT whose `roles` do not allow API use.
+    Role,
 }
 
 impl AuthFailure {
@@ -42,6 +44,7 @@ impl AuthFailure {
             AuthFailure::Missing => "missing",
             AuthFailure::Invalid => "invalid",
             AuthFailure::Expired => "expired",
+            AuthFailure::Role => "role",
         }
     }
 
@@ -53,6 +56,10 @@ impl AuthFailure {
             }
             AuthFailure::Invalid => "invalid credentials",
             AuthFailure::Expired => "expired token: request a new one",
+            AuthFailure::Role => {
+                "the token's roles do not allow API use: it needs the role \"api\" alone, or \
+                 \"api\" with \"admin\""
+            }
         }
     }
 }
@@ -100,7 +107,8 @@ impl Authenticator {
                 validation.validate_exp = true;
                 validation.leeway = 0;
                 match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
-                    Ok(_) => Ok(()),
+                    Ok(data) if allows_api(&data.claims) => Ok(()),
+                    Ok(_) => Err(AuthFailure::Role),
                     Err(err) => match err.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                             Err(AuthFailure::Expired)
@@ -110,6 +118,20 @@ impl Authenticator {
                 }
             }
         }
+    }
+}
+
+/// Applies cc-backend's rule for its REST API: the `roles` claim is exactly `["api"]`, or
+/// holds at least two roles including both `admin` and `api`.
+fn allows_api(claims: &serde_json::Value) -> bool {
+    let roles: Vec<&str> = claims
+        .get("roles")
+        .and_then(|roles| roles.as_array())
+        .map(|roles| roles.iter().filter_map(|role| role.as_str()).collect())
+        .unwrap_or_default();
+    match roles.as_slice() {
+        ["api"] => true,
+        _ => roles.len() >= 2 && roles.contains(&"admin") && roles.contains(&"api"),
     }
 }
 

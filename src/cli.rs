@@ -141,15 +141,20 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { .. } => serve(&config).await,
         Command::Archive { paths } => archive(&config, &paths).await,
-        Command::Trigger { paths } => client::trigger(&client::Server::from_config(&config)?, &paths).await,
+        Command::Trigger { paths } => {
+            client::trigger(&client::Server::from_config(&config)?, &paths).await
+        }
         Command::Status { id, watch: false, .. } => {
             client::status(&client::Server::from_config(&config)?, id.as_deref()).await
         }
         Command::Status { id, watch: true, interval } => {
             let interval = Duration::from_secs(interval);
-            client::watch_status(&client::Server::from_config(&config)?, id.as_deref(), interval).await
+            client::watch_status(&client::Server::from_config(&config)?, id.as_deref(), interval)
+                .await
         }
-        Command::Failed { limit } => client::failed(&client::Server::from_config(&config)?, limit).await,
+        Command::Failed { limit } => {
+            client::failed(&client::Server::from_config(&config)?, limit).await
+        }
         Command::Retry { id, all_failed } => {
             client::retry(&client::Server::from_config(&config)?, id.as_deref(), all_failed).await
         }

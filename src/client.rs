@@ -304,7 +304,11 @@ pub async fn failed(server: &Server, limit: usize) -> anyhow::Result<ExitCode> {
 }
 
 /// Queues one failed job again, or every failed job.
-pub async fn retry(server: &Server, id: Option<&str>, all_failed: bool) -> anyhow::Result<ExitCode> {
+pub async fn retry(
+    server: &Server,
+    id: Option<&str>,
+    all_failed: bool,
+) -> anyhow::Result<ExitCode> {
     let client = http_client(server)?;
     if all_failed {
         let url = format!("{server}/api/jobs/retry?state=failed");

@@ -68,13 +68,25 @@ impl FromStr for JobId {
                 format!("{text:?} is not of the form <cluster>/<jobId>/<startTime>"),
             ));
         };
-        let job_id = job_id.parse::<i64>().map_err(|_| {
+        let job_id = parse_plain_integer(job_id).ok_or_else(|| {
             InvalidJob::new("jobId", format!("{job_id:?} is not a non-negative integer"))
         })?;
-        let start_time = start_time.parse::<i64>().map_err(|_| {
+        let start_time = parse_plain_integer(start_time).ok_or_else(|| {
             InvalidJob::new("startTime", format!("{start_time:?} is not a non-negative integer"))
         })?;
         JobId::new(cluster, job_id, start_time)
+    }
+}
+
+/// Parses decimal digits without a sign or leading zeros, so that each job has one id text.
+fn parse_plain_integer(text: &str) -> Option<i64> {
+    let plain = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    if plain {
+        text.parse().ok()
+    } else {
+        None
     }
 }
 

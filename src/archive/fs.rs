@@ -138,7 +138,9 @@ impl ArchiveWriter for FsArchive {
         }
         match fs::read(&path) {
             Ok(bytes) => Ok(bytes),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Err(err)
+                if matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) =>
+            {
                 // A missing root (an unmounted filesystem, say) is an archive fault worth a
                 // retry, not an unknown cluster.
                 if let Err(root_err) = fs::metadata(&self.root) {
@@ -166,7 +168,7 @@ impl ArchiveWriter for FsArchive {
     /// in `archiving` until this function returns, so the job is written again after a restart
     /// and step 2 cleans up:
     /// - during steps 1 to 3: a partial `.{startTime}.tmp` beside the untouched earlier folder,
-    ///   if any;
+    ///   if any (a write that fails without a crash removes it at once);
     /// - between the two renames of step 4: no `{startTime}`, with the earlier job in
     ///   `.{startTime}.old` and the complete new one in `.{startTime}.tmp`;
     /// - before the parent is synced: after a power loss either the earlier or the new folder
@@ -199,12 +201,19 @@ impl ArchiveWriter for FsArchive {
         remove_if_present(&tmp_dir)?;
         remove_if_present(&old_dir)?;
 
-        // Step 3: the new folder under its temporary name.
+        // Step 3: the new folder under its temporary name. A failed write removes what it
+        // wrote, so a full disk is not kept full by a partial job until the next attempt.
         fs::create_dir(&tmp_dir).map_err(io_error(&tmp_dir))?;
         let data_name = if files.data_gzipped { "data.json.gz" } else { "data.json" };
-        write_new_file(&tmp_dir.join("meta.json"), &files.meta_json)?;
-        write_new_file(&tmp_dir.join(data_name), &files.data)?;
-        sync_dir(&tmp_dir)?;
+        let written = write_new_file(&tmp_dir.join("meta.json"), &files.meta_json)
+            .and_then(|()| write_new_file(&tmp_dir.join(data_name), &files.data))
+            .and_then(|()| sync_dir(&tmp_dir));
+        if let Err(err) = written {
+            if let Err(cleanup) = remove_if_present(&tmp_dir) {
+                tracing::warn!(job = %id, error = %cleanup, "failed to remove the partial job folder");
+            }
+            return Err(err);
+        }
 
         // Step 4: the swap.
         if path_exists(&final_dir)? {
