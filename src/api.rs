@@ -405,7 +405,10 @@ async fn list_jobs(
     Ok(Json(JobPage { jobs, next }))
 }
 
-async fn retry_job(State(state): State<Arc<AppState>>, path: JobPath) -> Result<Response, ApiError> {
+async fn retry_job(
+    State(state): State<Arc<AppState>>,
+    path: JobPath,
+) -> Result<Response, ApiError> {
     let id = parse_path_id(path)?;
     let record = state.queue.retry(&id).await?;
     state.metrics.retries.inc();

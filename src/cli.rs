@@ -177,7 +177,8 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     for problem in &report.problems {
         println!("problem: {problem}");
     }
-    println!("{} problems found", report.problems.len());
+    let count = report.problems.len();
+    println!("{count} {} found", if count == 1 { "problem" } else { "problems" });
     Ok(ExitCode::FAILURE)
 }
 

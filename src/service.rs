@@ -182,15 +182,24 @@ pub async fn serve(
         tracing::error!(error = %err, "the HTTP server task failed");
     }
 
+    // After a worker error the store may fail again here; that error must not hide the
+    // worker's, which names the cause.
     let store = Arc::clone(components.queue.store());
-    tokio::task::spawn_blocking(move || store.sync()).await??;
-    let stats = queue.stats()?;
-    tracing::info!(
-        queued = stats.counts.queued,
-        failed = stats.counts.failed,
-        "stopped; {} jobs remain queued",
-        stats.counts.queued
-    );
+    let synced = tokio::task::spawn_blocking(move || store.sync()).await;
+    let remaining = queue.stats();
+    match (synced, remaining, &worker_error) {
+        (Ok(Ok(())), Ok(stats), _) => tracing::info!(
+            queued = stats.counts.queued,
+            failed = stats.counts.failed,
+            "stopped; {} jobs remain queued",
+            stats.counts.queued
+        ),
+        (synced, remaining, None) => {
+            synced??;
+            remaining?;
+        }
+        (_, _, Some(_)) => tracing::info!("stopped"),
+    }
     match worker_error {
         Some(err) => {
             Err(err.context("the worker stopped on a store error; run `job-archiver check`"))

@@ -187,12 +187,20 @@ impl Store {
             path: path.to_owned(),
             message: format!("cannot create the folder: {err}"),
         })?;
+        let existed = path.join("db").exists();
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000));
-        let db = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        // sled 0.34 panics on some damaged files. The panic is turned into an error below, and
+        // the default hook is silenced meanwhile so it does not print a backtrace as if the
+        // service had crashed.
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        std::panic::set_hook(previous_hook);
+        let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(err))) if err.to_string().contains("could not acquire lock") => {
                 return Err(StoreError::Locked { path: path.to_owned() })
@@ -213,6 +221,7 @@ impl Store {
             path: path.to_owned(),
             message: format!("cannot open the data file for syncing: {err}"),
         })?;
+        check_marker(&db, path, existed)?;
         Ok(Store {
             path: path.to_owned(),
             jobs: db.open_tree("jobs")?,
@@ -666,6 +675,32 @@ fn next_failure(previous: Option<Failure>, message: &str, step: &str, now_ms: i6
     Failure { message: message.to_owned(), step: step.to_owned(), at_ms: now_ms, history }
 }
 
+/// Key of the record that marks a store as created by this service, in sled's default tree.
+const MARKER_KEY: &[u8] = b"job-archiver-store";
+
+/// Writes the marker into a new store, or requires it in an existing one.
+///
+/// sled 0.34 opens a damaged log as an empty database when it has no snapshot yet, which is
+/// the case until a store has been reopened once. Without the marker, such damage would
+/// silently drop every acknowledged job.
+fn check_marker(db: &sled::Db, path: &Path, existed: bool) -> Result<(), StoreError> {
+    if db.get(MARKER_KEY)?.is_some() {
+        return Ok(());
+    }
+    if existed {
+        return Err(StoreError::Open {
+            path: path.to_owned(),
+            message: "the store's marker record is missing, so its files are damaged or were \
+                      not written by job-archiver; restore the folder from a backup, or move it \
+                      away to start with an empty queue"
+                .to_owned(),
+        });
+    }
+    db.insert(MARKER_KEY, &[RECORD_FORMAT_VERSION])?;
+    db.flush()?;
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch, from the wall clock.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -853,9 +888,12 @@ mod tests {
         let (_dir, store) = open();
         store.enqueue(&[(id(1), 5, b"{}".to_vec())], 1, u64::MAX).unwrap();
         store.counts.insert("queued", &7u64.to_be_bytes()).unwrap();
-        store.jobs.insert("fritz/9/9", &[9u8, 1, 2][..]).unwrap();
         let problems = store.check().unwrap().problems.join("\n");
         assert!(problems.contains("count of queued jobs is 7"), "{problems}");
-        assert!(problems.contains("format version 9"), "{problems}");
+
+        store.jobs.insert("fritz/9/9", &[9u8, 1, 2][..]).unwrap();
+        let problems = store.check().unwrap().problems;
+        assert_eq!(problems.len(), 1, "an undecodable record is one problem: {problems:?}");
+        assert!(problems[0].contains("format version 9"), "{problems:?}");
     }
 }

@@ -227,12 +227,11 @@ async fn restart_resumes_backlog_in_order() {
         use job_archiver::job::JobMeta;
         use job_archiver::queue::{JobQueue, SledQueue};
         let store = job_archiver::store::Store::open(&dirs.store, 8 << 20).unwrap();
-        let queue =
-            SledQueue::new(
-                std::sync::Arc::new(store),
-                job_archiver::commit::Durability::Fsync,
-                job_archiver::queue::QueueLimits::NONE,
-            );
+        let queue = SledQueue::new(
+            std::sync::Arc::new(store),
+            job_archiver::commit::Durability::Fsync,
+            job_archiver::queue::QueueLimits::NONE,
+        );
         let jobs: Vec<JobMeta> =
             [example_job("fritz-398764"), synthetic_job(31), synthetic_job(32)]
                 .into_iter()

@@ -408,7 +408,10 @@ async fn jwt_auth_accepts_and_rejects() {
         let (status, body) =
             server.send(Method::GET, "/api/queue", &[("x-auth-token", &token)], None).await;
         assert_eq!(status, 401, "token with roles {roles}: {body}");
-        assert!(body.to_string().contains("roles"), "reply for roles {roles} names the roles: {body}");
+        assert!(
+            body.to_string().contains("roles"),
+            "reply for roles {roles} names the roles: {body}"
+        );
     }
 
     let other_key = SigningKey::generate();

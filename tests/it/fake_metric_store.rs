@@ -100,6 +100,7 @@ impl FakeMetricStore {
             mode: Mutex::new(Mode::Normal),
             metric_errors: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
+            kill_pid_on_host: Mutex::new(None),
             stopped: stopped.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -131,6 +132,13 @@ impl FakeMetricStore {
         lock(&self.shared.metric_errors).insert(metric.to_owned(), message.to_owned());
     }
 
+    /// Makes a query for `hostname` send SIGKILL to process `pid` before the store replies, or
+    /// turns that off with `None`. Tests use it to crash the service during an attempt.
+    pub fn set_kill_pid_on_host(&self, target: Option<(&str, u32)>) {
+        *lock(&self.shared.kill_pid_on_host) =
+            target.map(|(hostname, pid)| (hostname.to_owned(), pid));
+    }
+
     /// Returns the requests received so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
@@ -160,6 +168,8 @@ struct Shared {
     mode: Mutex<Mode>,
     metric_errors: Mutex<HashMap<String, String>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// A hostname and a process id: a query for that host sends SIGKILL to that process.
+    kill_pid_on_host: Mutex<Option<(String, u32)>>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -173,6 +183,7 @@ async fn handle_query(
     let uri_text = uri.path_and_query().map_or_else(|| uri.to_string(), |pq| pq.to_string());
     let request = RecordedRequest { method, uri: uri_text, headers: headers.clone(), body };
     lock(&shared.requests).push(request.clone());
+    kill_if_host_queried(&shared, &request);
 
     if let Some(token) = &shared.token {
         let expected = format!("Bearer {token}");
@@ -214,6 +225,20 @@ async fn handle_query(
     match shared.fixture.reply(&body, &metric_errors) {
         Ok(reply) => ([("content-type", "application/json")], reply).into_response(),
         Err(problem) => (StatusCode::BAD_REQUEST, format!("fake store: {problem}")).into_response(),
+    }
+}
+
+/// Sends SIGKILL to the process set by [`FakeMetricStore::set_kill_pid_on_host`] when the
+/// request queries its host. The `kill` command keeps the tests free of unsafe code; its exit
+/// status is ignored, because the process may have died already.
+fn kill_if_host_queried(shared: &Shared, request: &RecordedRequest) {
+    let Some((hostname, pid)) = lock(&shared.kill_pid_on_host).clone() else {
+        return;
+    };
+    let body = request.json();
+    let queries = body["queries"].as_array().cloned().unwrap_or_default();
+    if queries.iter().any(|query| query["host"] == hostname.as_str()) {
+        let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
     }
 }
 

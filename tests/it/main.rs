@@ -24,3 +24,21 @@ mod roundtrip;
 mod metrics;
 // A real Prometheus server scraping the service, and promtool on the deploy/prometheus files.
 mod prometheus;
+// Authentication: static tokens, Ed25519 JWTs, probes, failure counts, config and the CLI token.
+mod auth;
+// Backpressure and limits: queue and disk floors, body, batch and record sizes, timeouts.
+mod limits;
+// Metric store faults: transient ones retried with backoff, permanent ones failed at once.
+mod faults;
+// Property tests: random trigger bodies, random metric-store replies, and the archive layout.
+mod proptests;
+// Path traversal in job fields and route paths: 400 or 404, and no file outside the layout.
+mod traversal;
+// Conventions of the source tree: module docs, no ignored tests.
+mod tidy;
+// Archive faults: full, read-only and missing archive filesystems, and unreadable cluster.json.
+mod archive_faults;
+// Kill soak, the archive command under SIGKILL, and a poison job, with the real binary.
+mod soak;
+// A store in use, damaged or of an unknown record format; check against the service's counts.
+mod store_damage;
