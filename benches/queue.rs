@@ -3,7 +3,10 @@
 //! - `round_trip/{os,fsync}`: one job enqueued, claimed and finished, with store durability
 //!   `os` (no disk sync) and `fsync` (the service's default);
 //! - `group_commit/{1,16,64}`: that many writers enqueue one job each at the same time with
-//!   durability `fsync`, so their acknowledgements share group-committed syncs.
+//!   durability `fsync`, so their acknowledgements share group-committed syncs;
+//! - `one_transaction/{16,64}`: one writer enqueues that many jobs in one call, so they share one
+//!   store transaction as well as the sync. The gap to `group_commit` is the cost of one sled
+//!   transaction per job.
 //!
 //! Run with `cargo bench --bench queue`. The numbers depend on the disk's sync latency, so
 //! compare them with `cargo run --release --example loadgen -- fsync` on the same machine.
@@ -26,7 +29,7 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Job ids for the whole benchmark process, so no enqueue finds an existing job.
 static NEXT_JOB_ID: AtomicI64 = AtomicI64::new(1);
 
-/// A small valid job with a fresh id.
+/// Returns a small valid job with a fresh id.
 fn next_job() -> JobMeta {
     let job_id = NEXT_JOB_ID.fetch_add(1, Ordering::Relaxed);
     let value = json!({
@@ -102,5 +105,23 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip, group_commit);
+fn one_transaction(c: &mut Criterion) {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let queue = open_queue(&dir, Durability::Fsync);
+    let mut group = c.benchmark_group("one_transaction");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    for jobs in [16u64, 64] {
+        group.throughput(Throughput::Elements(jobs));
+        group.bench_function(jobs.to_string(), |b| {
+            b.iter(|| {
+                let batch: Vec<JobMeta> = (0..jobs).map(|_| next_job()).collect();
+                runtime.block_on(queue.enqueue(&batch)).expect("enqueue");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, group_commit, one_transaction);
 criterion_main!(benches);

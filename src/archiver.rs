@@ -1,7 +1,8 @@
 //! Archiving one job: read its cluster, choose scopes, load its metric data, compute
 //! statistics, encode the files and write them. This module knows nothing of the queue.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
@@ -84,6 +85,36 @@ impl ArchiveFailure {
     }
 }
 
+/// Parsed `cluster.json` files by cluster name, with the bytes they were parsed from. The file
+/// is read for every job, so an edited `cluster.json` takes effect at once; it is parsed again
+/// only when its bytes change.
+#[derive(Default)]
+pub struct ClusterCache {
+    parsed: Mutex<HashMap<String, ParsedCluster>>,
+}
+
+/// The bytes of a `cluster.json` and the cluster parsed from them.
+type ParsedCluster = (Vec<u8>, Arc<Cluster>);
+
+impl ClusterCache {
+    fn get_or_parse(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<Cluster>, ArchiveFailure> {
+        if let Ok(parsed) = self.parsed.lock() {
+            if let Some((cached_bytes, cluster)) = parsed.get(name) {
+                if *cached_bytes == bytes {
+                    return Ok(Arc::clone(cluster));
+                }
+            }
+        }
+        let cluster = Arc::new(Cluster::from_json(&bytes).map_err(|err| {
+            ArchiveFailure::new(Step::Cluster, format!("cluster {name}: {err}"), false)
+        })?);
+        if let Ok(mut parsed) = self.parsed.lock() {
+            parsed.insert(name.to_owned(), (bytes, Arc::clone(&cluster)));
+        }
+        Ok(cluster)
+    }
+}
+
 /// What [`archive_job`] produced.
 #[derive(Debug, Clone)]
 pub struct ArchivedJob {
@@ -99,10 +130,11 @@ pub async fn archive_job(
     source: &dyn MetricSource,
     writer: &Arc<dyn ArchiveWriter>,
     settings: &ArchiveSettings,
+    clusters: &ClusterCache,
 ) -> Result<ArchivedJob, ArchiveFailure> {
     let started = Instant::now();
 
-    let cluster = read_cluster(job, writer).await?;
+    let cluster = read_cluster(job, writer, clusters).await?;
     let sub_cluster = cluster.sub_cluster_for(job).map(|sub_cluster| sub_cluster.name.clone());
     let metrics: Vec<String> = cluster
         .metrics_for(sub_cluster.as_deref())
@@ -179,7 +211,8 @@ pub async fn archive_job(
 async fn read_cluster(
     job: &JobMeta,
     writer: &Arc<dyn ArchiveWriter>,
-) -> Result<Cluster, ArchiveFailure> {
+    clusters: &ClusterCache,
+) -> Result<Arc<Cluster>, ArchiveFailure> {
     let writer = Arc::clone(writer);
     let cluster_name = job.id.cluster().to_owned();
     let bytes = tokio::task::spawn_blocking(move || writer.read_cluster_config(&cluster_name))
@@ -192,7 +225,5 @@ async fn read_cluster(
                 !matches!(err, ArchiveError::UnknownCluster { .. }) && err.is_transient();
             ArchiveFailure::new(Step::Cluster, err.to_string(), transient)
         })?;
-    Cluster::from_json(&bytes).map_err(|err| {
-        ArchiveFailure::new(Step::Cluster, format!("cluster {}: {err}", job.id.cluster()), false)
-    })
+    clusters.get_or_parse(job.id.cluster(), bytes)
 }

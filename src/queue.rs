@@ -160,12 +160,21 @@ pub struct SledQueue {
     commit: GroupCommit,
     new_work: Notify,
     limits: QueueLimits,
+    /// The last free-space reading and when it was taken; readings are reused for a second
+    /// so that a burst of triggers does not pay a `statvfs` call each.
+    free_space: std::sync::Mutex<Option<(tokio::time::Instant, u64)>>,
 }
 
 impl SledQueue {
     pub fn new(store: Arc<Store>, durability: Durability, limits: QueueLimits) -> SledQueue {
         let commit = GroupCommit::start(Arc::clone(&store), durability);
-        SledQueue { store, commit, new_work: Notify::new(), limits }
+        SledQueue {
+            store,
+            commit,
+            new_work: Notify::new(),
+            limits,
+            free_space: std::sync::Mutex::new(None),
+        }
     }
 
     /// Fails when the store's filesystem has less free space than the floor.
@@ -174,11 +183,26 @@ impl SledQueue {
             return Ok(());
         }
         let path = self.store.path();
-        let stat = nix::sys::statvfs::statvfs(path).map_err(|err| {
-            QueueError::Task(format!("store {}: cannot read free space: {err}", path.display()))
-        })?;
-        let available =
-            (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+        let now = tokio::time::Instant::now();
+        let cached = self.free_space.lock().ok().and_then(|reading| *reading);
+        let available = match cached {
+            Some((at, available)) if now.duration_since(at) < std::time::Duration::from_secs(1) => {
+                available
+            }
+            _ => {
+                let stat = nix::sys::statvfs::statvfs(path).map_err(|err| {
+                    let message =
+                        format!("store {}: cannot read free space: {err}", path.display());
+                    QueueError::Task(message)
+                })?;
+                let available =
+                    (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+                if let Ok(mut reading) = self.free_space.lock() {
+                    *reading = Some((now, available));
+                }
+                available
+            }
+        };
         if available < self.limits.min_free_bytes {
             return Err(QueueError::DiskLow {
                 path: path.display().to_string(),

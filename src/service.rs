@@ -93,6 +93,7 @@ impl Components {
             job_timeout: config.worker.job_timeout,
             retry: config.retry,
             health: Arc::clone(&self.health),
+            clusters: Arc::default(),
         }
     }
 }

@@ -13,7 +13,9 @@ use tracing::Instrument;
 
 use crate::api::Health;
 use crate::archive::ArchiveWriter;
-use crate::archiver::{archive_job, ArchiveFailure, ArchiveSettings, ArchivedJob, Step};
+use crate::archiver::{
+    archive_job, ArchiveFailure, ArchiveSettings, ArchivedJob, ClusterCache, Step,
+};
 use crate::config::RetryConfig;
 use crate::job::JobMeta;
 use crate::metric_source::MetricSource;
@@ -44,6 +46,8 @@ pub struct Worker {
     pub retry: RetryConfig,
     /// Where the worker reports an archive that cannot be written.
     pub health: Arc<Health>,
+    /// Parsed `cluster.json` files, so a cluster is not parsed again for every job.
+    pub clusters: Arc<ClusterCache>,
 }
 
 /// What one finished job came to, for callers that report per job.
@@ -235,9 +239,10 @@ impl Worker {
         let writer = Arc::clone(&self.writer);
         let settings = self.settings;
         let job_timeout = self.job_timeout;
+        let clusters = Arc::clone(&self.clusters);
         let mut task = tokio::spawn(
             async move {
-                let attempt = archive_job(&meta, source.as_ref(), &writer, &settings);
+                let attempt = archive_job(&meta, source.as_ref(), &writer, &settings, &clusters);
                 match tokio::time::timeout(job_timeout, attempt).await {
                     Ok(result) => result,
                     Err(_) => Err(ArchiveFailure {
