@@ -163,6 +163,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
 }
 
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    let has_files = std::fs::read_dir(&config.store.path)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if !has_files {
+        anyhow::bail!(
+            "store {}: no store here; point store.path (or --config) at the store to check",
+            config.store.path.display()
+        );
+    }
     let store = crate::store::Store::open(&config.store.path, config.store.cache_bytes)?;
     let report = store.check()?;
     println!("store      {}", config.store.path.display());
@@ -194,6 +203,12 @@ async fn serve(config: &Config) -> anyhow::Result<ExitCode> {
         version = env!("CARGO_PKG_VERSION"),
         "starting job-archiver"
     );
+    // A token file or key that cannot be used is a configuration error: report it before any
+    // port is bound or the store is opened.
+    if let Err(err) = crate::auth::Authenticator::from_config(&config.server.auth) {
+        eprintln!("job-archiver: invalid configuration:\n  {err:#}");
+        return Ok(ExitCode::from(2));
+    }
     let components = Components::open(config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

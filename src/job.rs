@@ -223,6 +223,16 @@ impl JobMeta {
             Some(other) => return Err(wrong_type("subCluster", "a string", other)),
         };
         let resources = parse_resources(&raw)?;
+        if resources.len() as i64 != num_nodes {
+            return Err(InvalidJob::new(
+                "numNodes",
+                format!(
+                    "is {num_nodes}, but resources lists {} hosts; they must agree, as in \
+                     cc-backend's start_job",
+                    resources.len()
+                ),
+            ));
+        }
 
         Ok(JobMeta {
             id,
@@ -409,6 +419,7 @@ mod tests {
             ("resources", json!([{"hostname": 3}]), "resources[0].hostname"),
             ("numNodes", json!("1"), "numNodes"),
             ("startTime", json!(1.5), "startTime"),
+            ("numNodes", json!(2), "numNodes"),
         ];
         for (key, value, field) in cases {
             let mut job = valid();

@@ -380,6 +380,13 @@ mod tests {
         for (key, item) in extra.as_object().unwrap() {
             value[key] = item.clone();
         }
+        // A job lists one host per node.
+        if value.get("resources") == Some(&json!([{"hostname": "f0649"}])) {
+            let nodes = value["numNodes"].as_u64().unwrap();
+            let hosts: Vec<Value> =
+                (0..nodes).map(|n| json!({"hostname": format!("f{:04}", 649 + n)})).collect();
+            value["resources"] = Value::Array(hosts);
+        }
         JobMeta::from_json(value).unwrap()
     }
 

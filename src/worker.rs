@@ -161,8 +161,12 @@ impl Worker {
             Ok(archived) => {
                 self.report_archive_health(None);
                 let path = archived.written.path.display().to_string();
-                let record = self
-                    .queue
+                // Metrics change before the state does, so whoever sees the new state also
+                // sees it counted.
+                let mut observed = job.record.clone();
+                observed.archived_at_ms = Some(now_ms());
+                self.metrics.observe_archived(&observed, duration, archived.written.bytes);
+                self.queue
                     .finish_archived(
                         &job.key,
                         path,
@@ -170,7 +174,6 @@ impl Worker {
                         duration.as_millis() as u64,
                     )
                     .await?;
-                self.metrics.observe_archived(&record, duration, archived.written.bytes);
                 tracing::info!(
                     duration_ms = duration.as_millis() as u64,
                     bytes = archived.written.bytes,
@@ -185,10 +188,10 @@ impl Worker {
                 }
                 let delay = backoff(&self.retry, job.record.attempts);
                 let retry_at_ms = now_ms() + delay.as_millis() as i64;
+                self.metrics.retries_scheduled.inc();
                 self.queue
                     .schedule_retry(&job.key, &failure.message, failure.step.as_str(), retry_at_ms)
                     .await?;
-                self.metrics.retries_scheduled.inc();
                 tracing::warn!(
                     step = failure.step.as_str(),
                     error = %failure.message,
@@ -203,8 +206,8 @@ impl Worker {
                 if failure.transient && matches!(failure.step, Step::Write | Step::Cluster) {
                     self.report_archive_health(Some(&failure.message));
                 }
-                self.queue.finish_failed(&job.key, &failure.message, failure.step.as_str()).await?;
                 self.metrics.observe_failed(failure.step, duration);
+                self.queue.finish_failed(&job.key, &failure.message, failure.step.as_str()).await?;
                 tracing::error!(
                     step = failure.step.as_str(),
                     error = %failure.message,

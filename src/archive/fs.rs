@@ -146,6 +146,14 @@ impl ArchiveWriter for FsArchive {
                 if let Err(root_err) = fs::metadata(&self.root) {
                     return Err(ArchiveError::Io { path: self.root.clone(), source: root_err });
                 }
+                // A root without any cluster.json is an empty mount point or a wrong path,
+                // not a root that lacks this one cluster; that is worth a retry too.
+                if !holds_any_cluster(&self.root) {
+                    let problem = "the archive root holds no {cluster}/cluster.json at all; \
+                                   check that it is mounted and that archive.path is right";
+                    let source = io::Error::new(io::ErrorKind::NotFound, problem);
+                    return Err(ArchiveError::Io { path: self.root.clone(), source });
+                }
                 Err(ArchiveError::UnknownCluster { cluster: cluster.to_owned(), path })
             }
             Err(err) => Err(ArchiveError::Io { path, source: err }),
@@ -230,6 +238,14 @@ impl ArchiveWriter for FsArchive {
         let bytes = (files.meta_json.len() + files.data.len()) as u64;
         Ok(WrittenJob { path: final_dir, bytes })
     }
+}
+
+/// Returns true if and only if some folder of `root` holds a `cluster.json`.
+fn holds_any_cluster(root: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(root) else {
+        return false;
+    };
+    entries.flatten().any(|entry| entry.path().join("cluster.json").is_file())
 }
 
 /// Returns true if and only if every entry of `dir` has a name starting with `.`.
@@ -468,6 +484,8 @@ mod tests {
     fn unknown_cluster_is_reported() {
         let temp = tempfile::tempdir().expect("temp dir");
         let archive = FsArchive::open(temp.path()).expect("opens");
+        fs::create_dir(temp.path().join("known")).unwrap();
+        fs::write(temp.path().join("known/cluster.json"), b"{}").unwrap();
 
         let err = archive.read_cluster_config("nowhere").expect_err("no such cluster");
 
@@ -479,6 +497,11 @@ mod tests {
             other => panic!("expected UnknownCluster, got {other:?}"),
         }
         assert!(!err.is_transient());
+
+        // A root without any cluster is an unmounted or wrong folder: a transient fault.
+        fs::remove_dir_all(temp.path().join("known")).unwrap();
+        let err = archive.read_cluster_config("nowhere").expect_err("no cluster at all");
+        assert!(err.is_transient(), "an archive root without clusters: {err}");
     }
 
     #[test]

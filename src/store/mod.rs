@@ -156,10 +156,11 @@ pub enum StoreError {
     #[error("job {id}: not found")]
     NotFound { id: String },
     #[error(
-        "queue full: {queued} jobs queued, the limit is {limit} (store.max_queued_jobs); send \
-         the jobs again later"
+        "queue full: {queued} jobs queued and this request adds {adding}, the limit is {limit} \
+         (store.max_queued_jobs); send the jobs again later, in smaller batches if {adding} \
+         alone is above the limit"
     )]
-    QueueFull { queued: u64, limit: u64 },
+    QueueFull { queued: u64, adding: u64, limit: u64 },
     #[error("job {id}: is {state}, expected {expected}")]
     WrongState { id: String, state: JobState, expected: &'static str },
 }
@@ -187,7 +188,9 @@ impl Store {
             path: path.to_owned(),
             message: format!("cannot create the folder: {err}"),
         })?;
-        let existed = path.join("db").exists();
+        // Any file in the folder means a store was there: sled's `conf`, `db` or a snapshot.
+        let existed =
+            std::fs::read_dir(path).map(|mut entries| entries.next().is_some()).unwrap_or(false);
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -291,7 +294,8 @@ impl Store {
             prepared.push((id.to_string(), record));
         }
         self.transact(|tx| {
-            let mut queued = tx.count(JobState::Queued)?;
+            let queued_before = tx.count(JobState::Queued)?;
+            let mut queued = queued_before;
             let mut outcomes = Vec::with_capacity(prepared.len());
             for (key, record) in &prepared {
                 let previous = tx.get_record(key)?;
@@ -302,7 +306,9 @@ impl Store {
                     }
                 }
                 if queued >= max_queued {
-                    return tx.abort(StoreError::QueueFull { queued, limit: max_queued });
+                    let adding = prepared.len() as u64;
+                    let queued = queued_before;
+                    return tx.abort(StoreError::QueueFull { queued, adding, limit: max_queued });
                 }
                 queued += 1;
                 let mut record = record.clone();
@@ -855,7 +861,7 @@ mod tests {
         store.enqueue(&[(id(1), 5, b"{}".to_vec())], 1, 2).unwrap();
         let batch = vec![(id(2), 5, b"{}".to_vec()), (id(3), 5, b"{}".to_vec())];
         let err = store.enqueue(&batch, 2, 2).unwrap_err();
-        assert!(matches!(err, StoreError::QueueFull { queued: 2, limit: 2 }), "{err}");
+        assert!(matches!(err, StoreError::QueueFull { queued: 1, adding: 2, limit: 2 }), "{err}");
         assert_eq!(store.counts().unwrap().queued, 1, "nothing of the rejected batch is stored");
         assert!(store.get("fritz/2/100").unwrap().is_none(), "job 2 stored despite the limit");
     }

@@ -38,6 +38,7 @@ async fn malformed_bodies_get_400_naming_field() {
         ("jobId as string", job_with("jobId", Some(json!("1"))), "jobId"),
         ("fractional startTime", job_with("startTime", Some(json!(1.5))), "startTime"),
         ("numNodes zero", job_with("numNodes", Some(json!(0))), "numNodes"),
+        ("numNodes not the host count", job_with("numNodes", Some(json!(5))), "numNodes"),
         ("cluster with slash", job_with("cluster", Some(json!("a/b"))), "cluster"),
         ("cluster dot-dot", job_with("cluster", Some(json!(".."))), "cluster"),
         ("cluster dot", job_with("cluster", Some(json!("."))), "cluster"),
