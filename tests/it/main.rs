@@ -42,3 +42,5 @@ mod archive_faults;
 mod soak;
 // A store in use, damaged or of an unknown record format; check against the service's counts.
 mod store_damage;
+// Concurrent trigger load and a replay source for the crash and soak tests.
+mod trigger_load;

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,9 +25,7 @@ use serde_json::{json, Value};
 
 use crate::fake_metric_store::{FakeMetricStore, FakeStoreConfig};
 use crate::support::{self, ServerProcess, TestDirs};
-
-/// `startTime` of every synthetic job, as set by [`support::synthetic_job`].
-const START_TIME: i64 = 1_675_954_353;
+use crate::trigger_load::{IdPool, Ledger, ReplaySource, TriggerSender, SYNTHETIC_START_TIME};
 
 /// First `jobId` of the kill soak. Round `r` uses the [`JOBS_PER_ROUND`] ids from
 /// `SOAK_FIRST_JOB_ID + r * JOBS_PER_ROUND`.
@@ -85,6 +82,8 @@ async fn kill_soak_loses_no_job() {
         let mut clients = Vec::with_capacity(CLIENTS);
         for _ in 0..CLIENTS {
             let sender = TriggerSender {
+                max_batch: MAX_BATCH,
+                max_pause: Duration::from_millis(60),
                 client: client.clone(),
                 url: server.url.clone(),
                 pool: Arc::clone(&pool),
@@ -386,133 +385,11 @@ fn replay_config(source: &Path, kills: i64) -> String {
 
 /// Job id of the synthetic fritz job `job_id`.
 fn job_key(job_id: i64) -> String {
-    format!("fritz/{job_id}/{START_TIME}")
+    format!("fritz/{job_id}/{SYNTHETIC_START_TIME}")
 }
 
 fn secs(seconds: u64) -> Duration {
     Duration::from_secs(seconds)
-}
-
-/// What the clients of the kill soak sent and which of it was acknowledged.
-#[derive(Debug, Default, Clone)]
-struct Ledger {
-    /// Jobs in every trigger body a client tried to send.
-    sent: BTreeSet<i64>,
-    /// Jobs whose trigger got 202.
-    acknowledged: BTreeSet<i64>,
-    /// Jobs whose trigger was sent on an open connection but got no reply before the kill.
-    cut_off: BTreeSet<i64>,
-    /// Replies other than 202, as (status, body). Ids are unique, so 200 is unexpected too.
-    unexpected: Vec<(u16, String)>,
-}
-
-/// Job ids a round may send: `next..end`, handed out to the clients in order.
-struct IdPool {
-    next: AtomicI64,
-    end: i64,
-}
-
-impl IdPool {
-    fn new(first: i64, end: i64) -> IdPool {
-        IdPool { next: AtomicI64::new(first), end }
-    }
-
-    /// Takes up to `count` unused ids, and none once the pool is used up.
-    fn take(&self, count: usize) -> Vec<i64> {
-        let first = self.next.fetch_add(count as i64, Ordering::SeqCst);
-        (first..(first + count as i64).min(self.end)).collect()
-    }
-}
-
-/// One client of a round: sends triggers until the pool is used up or the server is gone.
-struct TriggerSender {
-    client: reqwest::Client,
-    url: String,
-    pool: Arc<IdPool>,
-    ledger: Arc<Mutex<Ledger>>,
-    rng: StdRng,
-}
-
-impl TriggerSender {
-    async fn run(mut self) {
-        loop {
-            let ids = self.pool.take(self.rng.random_range(1..=MAX_BATCH));
-            if ids.is_empty() {
-                return;
-            }
-            let jobs: Vec<Value> = ids.iter().map(|id| support::synthetic_job(*id)).collect();
-            // A single job goes out as an object or as a one-element array.
-            let body = match jobs.len() == 1 && self.rng.random_bool(0.5) {
-                true => jobs[0].clone(),
-                false => Value::Array(jobs),
-            };
-            self.lock_ledger().sent.extend(&ids);
-            let request = self.client.post(format!("{}/api/jobs/archive", self.url)).json(&body);
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(err) => {
-                    // The kill came before the connection, or with the request in flight, in
-                    // which case the jobs may or may not be stored.
-                    if !err.is_connect() {
-                        self.lock_ledger().cut_off.extend(&ids);
-                    }
-                    return;
-                }
-            };
-            // The status line is the acknowledgment, because the kill may cut off the body.
-            let status = response.status().as_u16();
-            let text = response.text().await.unwrap_or_default();
-            {
-                let mut ledger = self.lock_ledger();
-                if status == 202 {
-                    ledger.acknowledged.extend(&ids);
-                } else {
-                    ledger.unexpected.push((status, text));
-                }
-            }
-            let pause = Duration::from_millis(self.rng.random_range(0..60));
-            tokio::time::sleep(pause).await;
-        }
-    }
-
-    fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().expect("no client panicked holding the ledger")
-    }
-}
-
-/// A job-archive to replay metric data from: the fritz `cluster.json` and, per synthetic job,
-/// a hard link to the fritz example `data.json`.
-struct ReplaySource {
-    root: PathBuf,
-    /// Copy of the example `data.json` that every job folder links to.
-    template: PathBuf,
-}
-
-impl ReplaySource {
-    fn create(root: &Path) -> ReplaySource {
-        let fritz = root.join("fritz");
-        std::fs::create_dir_all(&fritz).expect("creating the replay source folder");
-        let examples = support::repo_path("examples/archive/fritz");
-        std::fs::copy(examples.join("cluster.json"), fritz.join("cluster.json"))
-            .expect("copying the fritz cluster.json");
-        let template = root.join("fritz-data.json");
-        std::fs::copy(examples.join("398/764/1675954353/data.json"), &template)
-            .expect("copying the fritz example data.json");
-        std::fs::write(root.join("version.txt"), "3\n").expect("writing version.txt");
-        ReplaySource { root: root.to_path_buf(), template }
-    }
-
-    /// Adds the data of the synthetic fritz job `job_id`.
-    fn add_job(&self, job_id: i64) {
-        let dir =
-            self.root.join(format!("fritz/{}/{:03}/{START_TIME}", job_id / 1000, job_id % 1000));
-        std::fs::create_dir_all(&dir).expect("creating a replay job folder");
-        let target = dir.join("data.json");
-        if std::fs::hard_link(&self.template, &target).is_err() {
-            std::fs::copy(&self.template, &target)
-                .expect("copying data.json into the replay source");
-        }
-    }
 }
 
 /// The archive checked against the jobs that should be in it.
@@ -571,7 +448,7 @@ impl ArchiveReport {
             }
         }
 
-        let start_time = START_TIME.to_string();
+        let start_time = SYNTHETIC_START_TIME.to_string();
         for job_id in expected {
             let status = &states[job_id];
             let entries = parents.get(job_id).cloned().unwrap_or_default();
