@@ -125,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     api.merge(probes)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -146,6 +147,15 @@ async fn authenticate(
             ApiError::new(StatusCode::UNAUTHORIZED, failure.message()).into_response()
         }
     }
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    let message = format!(
+        "method {} is not allowed on {}; the README's API table lists each route's method",
+        request.method(),
+        request.uri().path()
+    );
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message)
 }
 
 async fn not_found(request: Request) -> ApiError {

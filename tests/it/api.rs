@@ -213,6 +213,9 @@ async fn bad_paths_and_queries_get_400() {
     }
     let (status, body) = server.get_json("/api/jobs/fritz/1/1").await;
     assert_eq!(status, 404, "unknown job: {body}");
+    let (status, body) = server.get_json("/api/jobs/archive").await;
+    assert_eq!(status, 405, "GET on the trigger route: {body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("GET"), "405 body: {body}");
     let (status, body) = server.post_json("/api/jobs/retry?state=queued", &json!(null)).await;
     assert_eq!(status, 400, "retry of a state other than failed: {body}");
     server.stop().await;
