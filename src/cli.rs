@@ -47,7 +47,7 @@ pub enum Command {
     /// Verify the store while no other process uses it: every record decodes, the counts agree,
     /// and no job is in two states. Exits 1 when it finds a problem.
     Check,
-    /// Run the HTTP API and the worker until SIGINT or SIGTERM.
+    /// Run the HTTP API and the worker until SIGINT, SIGTERM or SIGHUP.
     Serve {
         /// Address and port to listen on; overrides server.listen.
         #[arg(long, value_name = "ADDR")]
