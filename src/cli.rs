@@ -131,6 +131,18 @@ impl Cli {
     }
 }
 
+/// Writes one line to standard output; see the `out!` macro. Exits with 141 when standard
+/// output is a closed pipe, and ignores other write errors as `println!` cannot report them.
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = writeln!(stdout, "{line}") {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+    }
+}
+
 /// The log format a config asks for.
 pub fn log_format(config: &Config) -> LogFormat {
     config.log.format
@@ -174,20 +186,20 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     let store = crate::store::Store::open(&config.store.path, config.store.cache_bytes)?;
     let report = store.check()?;
-    println!("store      {}", config.store.path.display());
-    println!("records    {}", report.records);
+    out!("store      {}", config.store.path.display());
+    out!("records    {}", report.records);
     for state in crate::job::JobState::ALL {
-        println!("{:<10} {}", state.as_str(), report.counts.get(state));
+        out!("{:<10} {}", state.as_str(), report.counts.get(state));
     }
     if report.problems.is_empty() {
-        println!("ok: every record decodes, the counts agree, and no job is in two states");
+        out!("ok: every record decodes, the counts agree, and no job is in two states");
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &report.problems {
-        println!("problem: {problem}");
+        out!("problem: {problem}");
     }
     let count = report.problems.len();
-    println!("{count} {} found", if count == 1 { "problem" } else { "problems" });
+    out!("{count} {} found", if count == 1 { "problem" } else { "problems" });
     Ok(ExitCode::FAILURE)
 }
 
@@ -258,7 +270,7 @@ async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode>
         progress.inc(1);
         match outcome {
             Outcome::Archived { key, job, duration } => progress.suspend(|| {
-                println!(
+                out!(
                     "archived {key} -> {} ({} bytes, {:.2} s)",
                     job.written.path.display(),
                     job.written.bytes,
@@ -267,7 +279,7 @@ async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode>
             }),
             Outcome::Failed { key, failure } => {
                 *failed_by_step.entry(failure.step.as_str().to_owned()).or_default() += 1;
-                progress.suspend(|| println!("failed   {key}: {failure}"));
+                progress.suspend(|| out!("failed   {key}: {failure}"));
             }
         }
     };
@@ -276,12 +288,12 @@ async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode>
     client::finish_progress_bar(&progress);
 
     for (path, reason) in &report.rejected {
-        println!("rejected {}: {reason}", path.display());
+        out!("rejected {}: {reason}", path.display());
     }
     for key in &report.already_archived {
-        println!("skipped  {key}: already archived");
+        out!("skipped  {key}: already archived");
     }
-    println!(
+    out!(
         "summary: {} archived, {} failed, {} already archived, {} rejected, {} left queued",
         report.archived.len(),
         report.failed.len(),
@@ -290,7 +302,7 @@ async fn archive(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode>
         report.left_queued
     );
     if !failed_by_step.is_empty() {
-        println!("failed by step: {}", client::format_counts(&failed_by_step));
+        out!("failed by step: {}", client::format_counts(&failed_by_step));
     }
     client::print_rate(report.archived.len() + report.failed.len(), started.elapsed());
     let clean = report.failed.is_empty() && report.rejected.is_empty() && report.left_queued == 0;

@@ -116,7 +116,7 @@ pub async fn trigger(server: &Server, paths: &[PathBuf]) -> anyhow::Result<ExitC
         if !status.is_success() {
             let message =
                 serde_json::from_str::<ErrorReply>(&text).map(|reply| reply.error).unwrap_or(text);
-            progress.suspend(|| println!("rejected {}: {status}: {message}", path.display()));
+            progress.suspend(|| out!("rejected {}: {status}: {message}", path.display()));
             rejected += 1;
             *rejected_by_status.entry(status.to_string()).or_default() += 1;
             continue;
@@ -133,14 +133,14 @@ pub async fn trigger(server: &Server, paths: &[PathBuf]) -> anyhow::Result<ExitC
             } else {
                 existing += 1;
             }
-            progress.suspend(|| println!("{:<9} {}", reply.state, reply.id));
+            progress.suspend(|| out!("{:<9} {}", reply.state, reply.id));
         }
     }
     finish_progress_bar(&progress);
 
-    println!("summary: {accepted} accepted, {existing} already known, {rejected} rejected");
+    out!("summary: {accepted} accepted, {existing} already known, {rejected} rejected");
     if !rejected_by_status.is_empty() {
-        println!("rejected by status: {}", format_counts(&rejected_by_status));
+        out!("rejected by status: {}", format_counts(&rejected_by_status));
     }
     print_rate(accepted + existing, started.elapsed());
     Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -179,7 +179,7 @@ pub fn format_counts(counts: &BTreeMap<String, usize>) -> String {
 pub fn print_rate(n_jobs: usize, elapsed: Duration) {
     let seconds = elapsed.as_secs_f64();
     let rate = if seconds > 0.0 { n_jobs as f64 / seconds } else { 0.0 };
-    println!("took {seconds:.2} s for {n_jobs} jobs ({rate:.1} jobs/s)");
+    out!("took {seconds:.2} s for {n_jobs} jobs ({rate:.1} jobs/s)");
 }
 
 /// Prints queue counts and the last failures, or one job's state.
@@ -216,16 +216,16 @@ pub async fn watch_status(
         if clear_screen {
             print!("{CLEAR_SCREEN}");
         }
-        println!(
+        out!(
             "status of {server} at {}, every {}; Ctrl-C stops",
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
             humantime::format_duration(interval)
         );
         if let Err(err) = print_status(&client, server, id).await {
-            println!("error: {err:#}");
+            out!("error: {err:#}");
         }
         if !clear_screen {
-            println!();
+            out!();
         }
         std::io::stdout().flush().context("writing to stdout")?;
     }
@@ -246,24 +246,24 @@ async fn print_status(
     let url = format!("{server}/api/queue");
     let response = client.get(&url).send().await.map_err(connect_error(&url))?;
     let queue: QueueReply = check(response).await?.json().await?;
-    println!("queued     {}", queue.queued);
-    println!("archiving  {}", queue.archiving);
-    println!("archived   {}", queue.archived);
-    println!("failed     {}", queue.failed);
+    out!("queued     {}", queue.queued);
+    out!("archiving  {}", queue.archiving);
+    out!("archived   {}", queue.archived);
+    out!("failed     {}", queue.failed);
     match queue.oldest_queued_age_seconds {
-        Some(age) => println!(
+        Some(age) => out!(
             "oldest queued job waits {}",
             humantime::format_duration(Duration::from_secs(age as u64))
         ),
-        None => println!("queue is empty"),
+        None => out!("queue is empty"),
     }
     if queue.failed > 0 {
         let url = format!("{server}/api/jobs?state=failed&limit=5");
         let response = client.get(&url).send().await.map_err(connect_error(&url))?;
         let page: JobPage = check(response).await?.json().await?;
-        println!("failures (first {} by id):", page.jobs.len());
+        out!("failures (first {} by id):", page.jobs.len());
         for job in &page.jobs {
-            println!("  {}  {}", job.id, job.error.as_deref().unwrap_or("-"));
+            out!("  {}  {}", job.id, job.error.as_deref().unwrap_or("-"));
         }
     }
     Ok(())
@@ -283,7 +283,7 @@ pub async fn failed(server: &Server, limit: usize) -> anyhow::Result<ExitCode> {
         let response = client.get(&url).send().await.map_err(connect_error(&url))?;
         let page: JobPage = check(response).await?.json().await?;
         for job in &page.jobs {
-            println!(
+            out!(
                 "{}  attempts={}  step={}  {}",
                 job.id,
                 job.attempts,
@@ -298,7 +298,7 @@ pub async fn failed(server: &Server, limit: usize) -> anyhow::Result<ExitCode> {
         }
     }
     if printed == 0 {
-        println!("no failed jobs");
+        out!("no failed jobs");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -314,36 +314,36 @@ pub async fn retry(
         let url = format!("{server}/api/jobs/retry?state=failed");
         let response = client.post(&url).send().await.map_err(connect_error(&url))?;
         let reply: RetryReply = check(response).await?.json().await?;
-        println!("queued again: {} jobs", reply.retried);
+        out!("queued again: {} jobs", reply.retried);
         return Ok(ExitCode::SUCCESS);
     }
     let id = id.context("retry needs a job id or --all-failed")?;
     let url = format!("{server}/api/jobs/{}/retry", id.trim_matches('/'));
     let response = client.post(&url).send().await.map_err(connect_error(&url))?;
     let job: JobStatus = check(response).await?.json().await?;
-    println!("{:<9} {}", job.state, job.id);
+    out!("{:<9} {}", job.state, job.id);
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_job(job: &JobStatus) {
-    println!("id           {}", job.id);
-    println!("state        {}", job.state);
-    println!("attempts     {}", job.attempts);
-    println!("enqueuedAt   {}", job.enqueued_at);
+    out!("id           {}", job.id);
+    out!("state        {}", job.state);
+    out!("attempts     {}", job.attempts);
+    out!("enqueuedAt   {}", job.enqueued_at);
     if let Some(at) = &job.started_at {
-        println!("startedAt    {at}");
+        out!("startedAt    {at}");
     }
     if let Some(at) = &job.archived_at {
-        println!("archivedAt   {at}");
+        out!("archivedAt   {at}");
     }
     if let Some(path) = &job.archive_path {
-        println!("archivePath  {path}");
+        out!("archivePath  {path}");
     }
     if let Some(error) = &job.error {
-        println!("error        {} ({})", error, job.failed_step.as_deref().unwrap_or("-"));
+        out!("error        {} ({})", error, job.failed_step.as_deref().unwrap_or("-"));
     }
     for (idx, line) in job.error_history.iter().enumerate() {
-        println!("  attempt error {}: {line}", idx + 1);
+        out!("  attempt error {}: {line}", idx + 1);
     }
 }
 

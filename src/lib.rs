@@ -2,8 +2,19 @@
 //!
 //! A finished job arrives as a trigger (HTTP or the `archive` command), is written to a durable
 //! queue before it is acknowledged, and one worker archives its metric data into a
-//! ClusterCockpit-compatible job-archive. ARCHITECTURE.md maps the modules; they are listed
-//! here in reading order.
+//! ClusterCockpit-compatible job-archive. ARCHITECTURE.md maps the modules in reading order.
+
+/// Prints a line to standard output like `println!`, but ends the process quietly with exit
+/// code 141 (as a SIGPIPE would) when the output is a closed pipe, for example
+/// `job-archiver status | head -1`, instead of panicking.
+macro_rules! out {
+    () => {
+        $crate::cli::print_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
 
 pub mod api;
 pub mod archive;

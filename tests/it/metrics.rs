@@ -136,7 +136,16 @@ async fn gauges_survive_restart_with_backlog() {
     // The restarted worker takes job 1 again and hangs again.
     let second = support::start_server(config).await;
     wait_for_counts(&second, 4, 1).await;
-    let after = scrape(&second).await;
+    // The worker sets its busy gauge just after it claims the job, so a scrape right after the
+    // claim may still see 0; wait for the gauge before comparing everything at once.
+    let mut after = scrape(&second).await;
+    for _ in 0..200 {
+        if sample_value(&after, "job_archiver_worker_busy") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = scrape(&second).await;
+    }
 
     let expected = [
         ("job_archiver_queued_jobs", 4.0),
