@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 
-/// How requests are checked.
+/// The check applied to each request.
 pub enum Authenticator {
     /// Every request passes.
     Open,
@@ -22,7 +22,7 @@ pub enum Authenticator {
     Jwt(Box<DecodingKey>),
 }
 
-/// Why a request was not authenticated. The reason names are metric label values.
+/// The reason a request was not authenticated. The reason names are metric label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No `Authorization: Bearer` or `X-Auth-Token` header.
@@ -84,7 +84,7 @@ impl Authenticator {
             Authenticator::Open => Ok(()),
             Authenticator::Tokens(tokens) => {
                 let presented = bearer(headers).ok_or(AuthFailure::Missing)?;
-                // Compare against every token in constant time, so timing tells nothing.
+                // Compare against every token in constant time, so timing reveals nothing.
                 let mut matched = subtle::Choice::from(0);
                 for token in tokens {
                     matched |= token.as_slice().ct_eq(presented.as_bytes());
@@ -122,7 +122,7 @@ impl Authenticator {
 }
 
 /// Applies cc-backend's rule for its REST API: the `roles` claim is exactly `["api"]`, or
-/// holds at least two roles including both `admin` and `api`.
+/// contains at least two roles including both `admin` and `api`.
 fn allows_api(claims: &serde_json::Value) -> bool {
     let roles: Vec<&str> = claims
         .get("roles")
@@ -136,7 +136,7 @@ fn allows_api(claims: &serde_json::Value) -> bool {
 }
 
 /// Decodes a base64 (standard alphabet) raw Ed25519 public key, as cc-backend's
-/// `JWT_PUBLIC_KEY` holds it.
+/// `JWT_PUBLIC_KEY` contains it.
 pub fn decode_public_key(text: &str) -> Result<Vec<u8>, String> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
@@ -167,7 +167,10 @@ fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .map(|line| line.as_bytes().to_vec())
         .collect();
     if tokens.is_empty() {
-        anyhow::bail!("server.token_file {}: holds no token", path.display());
+        anyhow::bail!(
+            "server.token_file {}: contains no token; write one token per line",
+            path.display()
+        );
     }
     Ok(tokens)
 }

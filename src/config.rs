@@ -68,7 +68,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "max_batch_jobs",
         kind: Kind::Integer,
         default: "10000",
-        help: "most jobs in one trigger array; larger arrays get 413",
+        help: "maximum number of jobs in one trigger array; larger arrays get 413",
     },
     KeySpec {
         section: "server",
@@ -159,7 +159,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "path",
         kind: Kind::String,
         default: "\"var/job-archive\"",
-        help: "root of the job-archive that jobs are written to; holds {cluster}/cluster.json",
+        help: "root of the job-archive that jobs are written to; contains {cluster}/cluster.json",
     },
     KeySpec {
         section: "archive",
@@ -215,7 +215,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "max_backoff",
         kind: Kind::Duration,
         default: "\"10min\"",
-        help: "longest wait between attempts",
+        help: "maximum wait between attempts",
     },
     KeySpec {
         section: "metric_source",

@@ -44,20 +44,20 @@ pub struct Worker {
     /// Deadline of one attempt.
     pub job_timeout: Duration,
     pub retry: RetryConfig,
-    /// Where the worker reports an archive that cannot be written.
+    /// Readiness state, where the worker reports an archive that cannot be written.
     pub health: Arc<Health>,
     /// Parsed `cluster.json` files, so a cluster is not parsed again for every job.
     pub clusters: Arc<ClusterCache>,
 }
 
-/// What one finished job came to, for callers that report per job.
+/// The outcome of one finished job, for callers that report per job.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Archived { key: String, job: ArchivedJob, duration: Duration },
     Failed { key: String, failure: ArchiveFailure },
 }
 
-/// Why the worker loop woke up.
+/// The reason the worker loop woke up.
 enum Event {
     /// A job was claimed.
     Job(Box<ClaimedJob>),
@@ -161,7 +161,7 @@ impl Worker {
             Ok(archived) => {
                 self.report_archive_health(None);
                 let path = archived.written.path.display().to_string();
-                // Metrics change before the state does, so whoever sees the new state also
+                // Metrics change before the state does, so a reader that sees the new state also
                 // sees it counted.
                 let mut observed = job.record.clone();
                 observed.archived_at_ms = Some(now_ms());

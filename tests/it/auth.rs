@@ -609,7 +609,7 @@ fn jwt_and_token_settings_are_checked() {
     std::fs::write(&comments_only, "# no token yet\n\n").unwrap();
     let missing = dirs.root.path().join("no-such-file");
     for (label, file, message) in [
-        ("comments only", &comments_only, "holds no token"),
+        ("comments only", &comments_only, "contains no token"),
         ("missing file", &missing, "cannot read"),
     ] {
         let err = match Authenticator::from_config(&AuthConfig::Token { file: file.clone() }) {
