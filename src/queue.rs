@@ -140,12 +140,12 @@ pub trait JobQueue: Send + Sync {
     async fn work_available(&self);
 }
 
-/// Room the queue keeps: triggers beyond either limit are refused, never blocked.
+/// Room the queue keeps: triggers beyond either limit are rejected at once, never blocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
-    /// Most jobs in state `queued` at once.
+    /// Maximum number of jobs in state `queued` at once.
     pub max_queued_jobs: u64,
-    /// Least free space on the store's filesystem, in bytes, for new jobs to be accepted.
+    /// Minimum free space on the store's filesystem, in bytes, for new jobs to be accepted.
     pub min_free_bytes: u64,
 }
 
@@ -316,7 +316,7 @@ impl JobQueue for SledQueue {
     async fn release(&self, key: &str) -> Result<JobRecord, QueueError> {
         let key = key.to_owned();
         self.blocking(move |store| {
-            let record = store.release(&key, true)?;
+            let record = store.release(&key)?;
             store.flush_to_os()?;
             Ok(record)
         })

@@ -433,25 +433,19 @@ impl Store {
     ) -> Result<JobRecord, StoreError> {
         self.transact(|tx| {
             let mut record = tx.require_state(key, JobState::Archiving)?;
-            tx.remove_entry(&record)?;
-            record.state = JobState::Queued;
-            record.retry_at_ms = Some(retry_at_ms);
             record.failure = Some(next_failure(record.failure.take(), message, step, now_ms));
-            tx.delayed.insert(delayed_key(retry_at_ms, record.seq), key.as_bytes())?;
-            tx.update(key, JobState::Archiving, &record)?;
+            tx.requeue_delayed(key, &mut record, retry_at_ms)?;
             Ok(record)
         })
     }
 
-    /// Puts an archiving job back to `queued` at its old queue position. `uncount_attempt`
-    /// takes back the attempt, for work that was cancelled rather than failed.
-    pub fn release(&self, key: &str, uncount_attempt: bool) -> Result<JobRecord, StoreError> {
+    /// Puts an archiving job back to `queued` at its old queue position and takes back the
+    /// attempt, for work that was cancelled rather than failed.
+    pub fn release(&self, key: &str) -> Result<JobRecord, StoreError> {
         self.transact(|tx| {
             let mut record = tx.require_state(key, JobState::Archiving)?;
             record.state = JobState::Queued;
-            if uncount_attempt {
-                record.attempts = record.attempts.saturating_sub(1);
-            }
+            record.attempts = record.attempts.saturating_sub(1);
             tx.update(key, JobState::Archiving, &record)?;
             Ok(record)
         })
@@ -480,12 +474,7 @@ impl Store {
         for key in &keys {
             self.transact(|tx| {
                 let mut record = tx.require_state(key, JobState::Archiving)?;
-                tx.remove_entry(&record)?;
-                record.state = JobState::Queued;
-                record.retry_at_ms = Some(0);
-                tx.delayed.insert(delayed_key(0, record.seq), key.as_bytes())?;
-                tx.update(key, JobState::Archiving, &record)?;
-                Ok(())
+                tx.requeue_delayed(key, &mut record, 0)
             })?;
         }
         Ok(keys.len())
@@ -647,6 +636,16 @@ impl Tx<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// Moves an archiving job back to `queued` with its entry in `delayed`, due at `due_ms`,
+    /// and writes the record.
+    fn requeue_delayed(&self, key: &str, record: &mut JobRecord, due_ms: i64) -> TxResult<()> {
+        self.remove_entry(record)?;
+        record.state = JobState::Queued;
+        record.retry_at_ms = Some(due_ms);
+        self.delayed.insert(delayed_key(due_ms, record.seq), key.as_bytes())?;
+        self.update(key, JobState::Archiving, record)
     }
 
     /// Removes a job's queue entry, from `queue` or `delayed`.
