@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::support::{self, ServerProcess, TestDirs};
-use crate::trigger_load::{IdPool, Ledger, ReplaySource, TriggerSender, SYNTHETIC_START_TIME};
+use crate::trigger_load::{join_clients, Ledger, ReplaySource, RoundLoad, SYNTHETIC_START_TIME};
 
 /// First `jobId` of the synthetic jobs. Round `r` uses the [`JOBS_PER_ROUND`] ids that start at
 /// `FIRST_JOB_ID + r * JOBS_PER_ROUND`.
@@ -56,35 +56,20 @@ async fn random_kills_lose_no_job() {
 
     let mut server = start_process(&config, dirs.root.path(), "crash-start");
     let mut kills_while_archiving = 0;
+    let load = RoundLoad {
+        clients: CLIENTS,
+        jobs_per_round: JOBS_PER_ROUND,
+        max_batch: MAX_BATCH,
+        max_pause: Duration::from_millis(100),
+    };
     for round in 0..rounds {
         let first = FIRST_JOB_ID + round as i64 * JOBS_PER_ROUND;
-        for job_id in first..first + JOBS_PER_ROUND {
-            source.add_job(job_id);
-        }
-        let pool = Arc::new(IdPool::new(first, first + JOBS_PER_ROUND));
-        let mut clients = Vec::with_capacity(CLIENTS);
-        for _ in 0..CLIENTS {
-            let sender = TriggerSender {
-                max_batch: MAX_BATCH,
-                max_pause: Duration::from_millis(100),
-                client: client.clone(),
-                url: server.url.clone(),
-                pool: Arc::clone(&pool),
-                ledger: Arc::clone(&ledger),
-                rng: StdRng::seed_from_u64(rng.random()),
-            };
-            clients.push(tokio::spawn(sender.run()));
-        }
+        let clients = load.start(&source, first, &client, &server.url, &ledger, &mut rng);
 
         let delay = Duration::from_millis(rng.random_range(20..=400));
         tokio::time::sleep(delay).await;
         tokio::task::block_in_place(|| server.kill());
-        for task in clients {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("trigger client stopped within 30 s of the kill")
-                .expect("trigger client task joined");
-        }
+        join_clients(clients).await;
         server = start_process(&config, dirs.root.path(), &format!("crash-round-{round}"));
         if recovered_archiving_job(&server.log()) {
             kills_while_archiving += 1;

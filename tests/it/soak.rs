@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::fake_metric_store::{FakeMetricStore, FakeStoreConfig};
 use crate::support::{self, ServerProcess, TestDirs};
-use crate::trigger_load::{IdPool, Ledger, ReplaySource, TriggerSender, SYNTHETIC_START_TIME};
+use crate::trigger_load::{join_clients, Ledger, ReplaySource, RoundLoad, SYNTHETIC_START_TIME};
 
 /// First `jobId` of the kill soak. Round `r` uses the [`JOBS_PER_ROUND`] ids from
 /// `SOAK_FIRST_JOB_ID + r * JOBS_PER_ROUND`.
@@ -73,25 +73,15 @@ async fn kill_soak_loses_no_job() {
 
     let mut server = tokio::task::block_in_place(|| start_server(&config, log_dir, "soak-start"));
     let mut archiving_kills = 0;
+    let load = RoundLoad {
+        clients: CLIENTS,
+        jobs_per_round: JOBS_PER_ROUND,
+        max_batch: MAX_BATCH,
+        max_pause: Duration::from_millis(60),
+    };
     for round in 0..rounds {
         let first = SOAK_FIRST_JOB_ID + round * JOBS_PER_ROUND;
-        for job_id in first..first + JOBS_PER_ROUND {
-            source.add_job(job_id);
-        }
-        let pool = Arc::new(IdPool::new(first, first + JOBS_PER_ROUND));
-        let mut clients = Vec::with_capacity(CLIENTS);
-        for _ in 0..CLIENTS {
-            let sender = TriggerSender {
-                max_batch: MAX_BATCH,
-                max_pause: Duration::from_millis(60),
-                client: client.clone(),
-                url: server.url.clone(),
-                pool: Arc::clone(&pool),
-                ledger: Arc::clone(&ledger),
-                rng: StdRng::seed_from_u64(rng.random()),
-            };
-            clients.push(tokio::spawn(sender.run()));
-        }
+        let clients = load.start(&source, first, &client, &server.url, &ledger, &mut rng);
 
         let wait_for_archiving = rng.random_bool(ARCHIVING_KILL_SHARE);
         let delay = Duration::from_millis(rng.random_range(10..=300));
@@ -103,12 +93,7 @@ async fn kill_soak_loses_no_job() {
             tokio::time::sleep(delay).await;
         }
         tokio::task::block_in_place(|| server.kill());
-        for task in clients {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("trigger client stopped within 30 s of the kill")
-                .expect("trigger client task joined");
-        }
+        join_clients(clients).await;
         let name = format!("soak-round-{round}");
         server = tokio::task::block_in_place(|| start_server(&config, log_dir, &name));
         if recovered_archiving_jobs(&server.log()) > 0 {

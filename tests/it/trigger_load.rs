@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::support;
@@ -55,9 +55,9 @@ pub(crate) struct TriggerSender {
     pub pool: Arc<IdPool>,
     pub ledger: Arc<Mutex<Ledger>>,
     pub rng: StdRng,
-    /// Most jobs in one trigger body.
+    /// Maximum number of jobs in one trigger body.
     pub max_batch: usize,
-    /// Longest pause between two triggers of this client.
+    /// Maximum pause between two triggers of this client.
     pub max_pause: Duration,
 }
 
@@ -149,5 +149,56 @@ impl ReplaySource {
             std::fs::copy(&self.template, &target)
                 .expect("copying data.json into the replay source");
         }
+    }
+}
+
+/// The trigger load of one kill round: how many clients, jobs, jobs per body and pause.
+pub(crate) struct RoundLoad {
+    pub clients: usize,
+    pub jobs_per_round: i64,
+    pub max_batch: usize,
+    pub max_pause: Duration,
+}
+
+impl RoundLoad {
+    /// Adds replay data for the jobs `first..first + jobs_per_round` and starts the clients
+    /// that send them to `url`.
+    pub fn start(
+        &self,
+        source: &ReplaySource,
+        first: i64,
+        client: &reqwest::Client,
+        url: &str,
+        ledger: &Arc<Mutex<Ledger>>,
+        rng: &mut StdRng,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        for job_id in first..first + self.jobs_per_round {
+            source.add_job(job_id);
+        }
+        let pool = Arc::new(IdPool::new(first, first + self.jobs_per_round));
+        (0..self.clients)
+            .map(|_| {
+                let sender = TriggerSender {
+                    max_batch: self.max_batch,
+                    max_pause: self.max_pause,
+                    client: client.clone(),
+                    url: url.to_owned(),
+                    pool: Arc::clone(&pool),
+                    ledger: Arc::clone(ledger),
+                    rng: StdRng::seed_from_u64(rng.random()),
+                };
+                tokio::spawn(sender.run())
+            })
+            .collect()
+    }
+}
+
+/// Waits for the clients of a round, which stop once the server is killed.
+pub(crate) async fn join_clients(clients: Vec<tokio::task::JoinHandle<()>>) {
+    for task in clients {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("trigger client stopped within 30 s of the kill")
+            .expect("trigger client task joined");
     }
 }
