@@ -267,7 +267,7 @@ async fn trigger(
         Ok(outcomes) => outcomes,
         Err(err) => {
             let reason = if err.is_backpressure() {
-                tracing::warn!(error = %err, "trigger refused for lack of room");
+                tracing::warn!(error = %err, "trigger rejected: the queue is full or the disk is low");
                 RejectReason::QueueFull
             } else if err.is_client_error() {
                 RejectReason::TooLarge

@@ -85,7 +85,7 @@ pub enum Command {
     },
     /// List failed jobs with their errors.
     Failed {
-        /// Most jobs to list.
+        /// Maximum number of jobs to list.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },

@@ -82,7 +82,7 @@ pub const KEYS: &[KeySpec] = &[
         key: "request_timeout",
         kind: Kind::Duration,
         default: "\"60s\"",
-        help: "time to read a request and reply before the server answers 408",
+        help: "time to read a request and reply before the server responds with 408",
     },
     KeySpec {
         section: "server",
